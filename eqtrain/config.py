@@ -1,0 +1,88 @@
+"""The structured config schema, registered in Hydra's ConfigStore on import of ``eqtrain``.
+
+The dataclasses are the single source of the defaults and types; the YAML files in
+``configs/`` only select and adjust them. Being typed and closed (struct mode), a typo such as
+``gamm=0.1`` or ``mode=augrg`` fails at composition with Hydra's own message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+DEFAULT_GAMMA = 1.0  # γ of the regularized modes when ``gamma`` is left unset
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"
+    data_dir: str = "data"  # the MNIST family's root (torchvision layout: <data_dir>/MNIST/raw/...)
+    download: bool = False
+    image_size: Optional[int] = 28  # digits are upscaled from 8x8; null keeps the native size
+    train_limit: Optional[int] = None  # first N training images only (quick runs)
+    test_limit: Optional[int] = None
+    shuffle: bool = True  # a fresh seeded order every epoch; false = in order, as in the paper
+    normalize: bool = False  # standardise with the training set's scalar mean and std
+
+
+@dataclass
+class ModelConfig:
+    name: str = "paper_cnn"
+    channels: List[int] = field(default_factory=lambda: [16, 16])
+    kernel_size: int = 3
+    support: Any = "full"  # full | cross | skewed | an explicit kxk list of 0/1
+    parametrization: str = "orthogonal"  # orthogonal | basis
+    basis_seed: int = 0  # seed of the random basis of parametrization=basis
+    activation: str = "tanh"  # tanh | relu | gelu | sigmoid
+    pool: Any = 2  # average-pool factor after each conv: an int or one per conv (1 = none)
+    stride: Any = 1  # conv stride: an int or one per conv
+    layernorm: bool = True  # LayerNorm over (H, W) without affine after each block
+    bias: bool = False
+
+
+@dataclass
+class GroupConfig:
+    name: str = "c4"  # c4 | c2 | d4 | flip
+
+
+@dataclass
+class ModeConfig:
+    """One row of the table of SPEC §4 (see eqtrain/modes.py)."""
+
+    name: str = "augreg"
+    augment: bool = True
+    constrain: bool = False
+    regularize: bool = True
+
+
+@dataclass
+class InitConfig:
+    scheme: str = "perturbed_equivariant"  # perturbed_equivariant | standard
+    sigma: float = 1e-3  # std of the perturbation orthogonal to E
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    gamma: Optional[float] = None  # weight of γΓ; unset = DEFAULT_GAMMA in augreg / nomreg
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 10
+    lr: float = 0.05
+    augment: str = "random"  # random | orbit (used by the augmented modes)
+    data_scale: float = 1.0  # factor on the data term; the paper's objective uses 1/batch_size
+    max_steps: Optional[int] = None  # stop after this many SGD steps
+    log_every: int = 1  # per-step scalars every this many steps
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"  # float32 | float64
+    threads: Optional[int] = None  # torch intra-op threads; null = torch's default
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="eqtrain_schema", node=Config)

@@ -1,0 +1,45 @@
+"""Initial weights A₀ (SPEC §8), identical for every mode given the seed and the model config.
+
+Both schemes draw in float64 on the CPU from their own generator, so A₀ depends on nothing but
+``seed`` and the architecture — not on the mode, the device or the dtype. The equivariant mode
+then starts at Π_E(A₀) (``EqCNN.set_weights`` projects onto the model's space).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import EqCNN
+
+INIT_SCHEMES = ("perturbed_equivariant", "standard")
+
+
+def initial_weights(model: EqCNN, scheme: str, sigma: float, seed: int) -> list[torch.Tensor]:
+    """A₀ as a list of float64 CPU tensors of shape (out, in, s), one per layer.
+
+    - ``standard``: each kernel Kaiming-uniform like ``nn.Conv2d``'s default (bound 1/√fan_in),
+      restricted to ω.
+    - ``perturbed_equivariant``: an equivariant network whose orbit values are Kaiming-uniform
+      (every weight entry has the same law as in ``standard``, tied along G-orbits), plus
+      Π_{E⊥}Π_L ξ with ξ ~ N(0, σ²) i.i.d. — a perturbation in L, orthogonal to E.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init.scheme={scheme!r} is not valid; use one of {', '.join(INIT_SCHEMES)}")
+    if not sigma >= 0:
+        raise ValueError(f"init.sigma={sigma!r} must be a finite number >= 0")
+    generator = torch.Generator().manual_seed(seed)
+    weights = []
+    for space, m in zip(model.spaces, model.maps):
+        out_dim, in_dim = m.theta.shape[:2]
+        bound = 1.0 / (in_dim * space.size) ** 0.5
+        omega = space.omega.cpu().double()
+        if scheme == "standard":
+            a = (2 * torch.rand(out_dim, in_dim, space.size, generator=generator, dtype=torch.float64) - 1) * bound
+            weights.append(a * omega)
+            continue
+        basis = space.basis_e.cpu().double()  # (s, n) orthonormal orbit indicators
+        values = (2 * torch.rand(out_dim, in_dim, basis.shape[1], generator=generator, dtype=torch.float64) - 1) * bound
+        a_eq = values @ (basis > 0).double().T  # each orbit's entries share one value
+        xi = torch.randn(out_dim, in_dim, space.size, generator=generator, dtype=torch.float64) * sigma * omega
+        weights.append(a_eq + xi - xi @ (basis @ basis.T))
+    return weights

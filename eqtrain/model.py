@@ -1,0 +1,201 @@
+"""The CNNs of SPEC §1 and §8, built from a Group, a support and a parametrization.
+
+Layers: conv k×k (zero padding k//2) → average pool → activation → LayerNorm over (H, W)
+(no affine), repeated, then flatten → linear head. Every learnable linear map is a
+``ParametrizedMap`` paired with the ``LayerSpace`` that knows its E; the forward pass only
+ever sees plain weight tensors, so a new group or parametrization touches no layer code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .group import Group
+from .parametrization import ParametrizedMap, make_basis
+from .projection import LayerSpace
+from .support import make_support
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of the network: everything about it except its weights."""
+
+    in_shape: tuple[int, int, int]  # (C, H, W)
+    n_classes: int
+    channels: tuple[int, ...]
+    kernel_size: int
+    pool: tuple[int, ...]
+    stride: tuple[int, ...]
+    activation: str = "tanh"
+    layernorm: bool = True
+    bias: bool = False
+
+    def grids(self) -> list[tuple[int, int]]:
+        """(h, w) of the map after each conv block; the last one feeds the head."""
+        h, w = self.in_shape[1:]
+        out = []
+        for s, p in zip(self.stride, self.pool):
+            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            h, w = h // p, w // p
+            out.append((h, w))
+        return out
+
+    def equivariance_breakers(self) -> list[str]:
+        """Why the architecture is not exactly G-equivariant (empty when it is; SPEC §1)."""
+        problems = []
+        h, w = self.in_shape[1:]
+        for i, (s, p) in enumerate(zip(self.stride, self.pool), start=1):
+            if s > 1 and ((h - 1) % s or (w - 1) % s):
+                problems.append(f"conv{i} stride {s} on a {h}x{w} map samples an off-centre grid")
+            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            if p > 1 and (h % p or w % p):
+                problems.append(f"conv{i} pooling {p} on a {h}x{w} map drops border pixels")
+            h, w = h // p, w // p
+        return problems
+
+
+def _per_layer(value: int | Sequence[int], n: int, key: str) -> tuple[int, ...]:
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or any(not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{key}={value!r} must be a positive int or a list of {n} positive ints (one per conv)")
+    return values
+
+
+def architecture_from_config(model_cfg, in_shape: tuple[int, int, int], n_classes: int) -> Architecture:
+    channels = tuple(model_cfg.channels)
+    if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
+        raise ValueError(f"model.channels={list(channels)!r} must be a non-empty list of positive ints")
+    k = model_cfg.kernel_size
+    if not isinstance(k, int) or k < 1 or k % 2 == 0:
+        raise ValueError(f"model.kernel_size={k!r} must be a positive odd integer (1, 3, 5, ...)")
+    if model_cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"model.activation={model_cfg.activation!r} is not valid; use one of {', '.join(ACTIVATIONS)}")
+    n = len(channels)
+    return Architecture(
+        in_shape=tuple(in_shape),
+        n_classes=n_classes,
+        channels=channels,
+        kernel_size=k,
+        pool=_per_layer(model_cfg.pool, n, "model.pool"),
+        stride=_per_layer(model_cfg.stride, n, "model.stride"),
+        activation=model_cfg.activation,
+        layernorm=bool(model_cfg.layernorm),
+        bias=bool(model_cfg.bias),
+    )
+
+
+class EqCNN(nn.Module):
+    """A CNN whose weights live in L (or, with ``constrain``, in E)."""
+
+    def __init__(
+        self,
+        arch: Architecture,
+        group: Group,
+        support: torch.Tensor,
+        parametrization: str = "orthogonal",
+        constrain: bool = False,
+        basis_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        c_in, h, w = arch.in_shape
+        group.check_grid(h, w, "images")
+        self._check(arch, group, constrain)
+        self.arch, self.group, self.constrain = arch, group, constrain
+        k = arch.kernel_size
+        fh, fw = arch.grids()[-1]
+        generator = torch.Generator().manual_seed(basis_seed)
+        self.spaces = nn.ModuleList()
+        self.maps = nn.ModuleList()
+        shapes = [(c_out, c, k, k, support) for c, c_out in zip((c_in, *arch.channels), arch.channels)]
+        shapes.append((arch.n_classes, arch.channels[-1], fh, fw, None))  # the invariant head
+        for out_dim, in_dim, sh, sw, mask in shapes:
+            space = LayerSpace(group, sh, sw, mask, dtype=dtype)
+            basis = make_basis(space, parametrization, constrain, generator)
+            self.spaces.append(space)
+            self.maps.append(ParametrizedMap(out_dim, in_dim, sh * sw, basis, dtype))
+        self.layer_names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
+        n_bias = len(arch.channels) + 1 if arch.bias else 0
+        # Biases are per channel / per class, hence already invariant (SPEC §1): not part of A.
+        sizes = [*arch.channels, arch.n_classes][:n_bias]
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(c, dtype=dtype)) for c in sizes])
+        self._act = ACTIVATIONS[arch.activation]
+
+    @staticmethod
+    def _check(arch: Architecture, group: Group, constrain: bool) -> None:
+        problems = arch.equivariance_breakers()
+        if problems and constrain:
+            raise ValueError(
+                "mode=equivariant needs an exactly equivariant network, but "
+                + "; ".join(problems)
+                + " (change model.pool / model.stride or dataset.image_size)"
+            )
+        if problems:
+            log.warning("the network is not exactly G-equivariant even on E: %s", "; ".join(problems))
+        fh, fw = arch.grids()[-1]
+        orbits = group.num_orbits(fh, fw) if not group.needs_square or fh == fw else 0
+        if arch.layernorm and orbits == 1:
+            raise ValueError(
+                f"the head reads a {fh}x{fw} map, a single {group.name}-orbit of positions, after "
+                "LayerNorm over (H,W): every invariant head sees only the per-channel mean, which "
+                "LayerNorm sets to 0, so every equivariant model is constant (SPEC §1). Use larger "
+                "images (dataset.image_size), less pooling (model.pool) or model.layernorm=false"
+            )
+        if arch.layernorm and orbits == 2:
+            log.warning(
+                "the head reads a %dx%d map with only %d %s-orbits of positions: the equivariant "
+                "model class is very small",
+                fh,
+                fw,
+                orbits,
+                group.name,
+            )
+
+    def weights(self) -> list[torch.Tensor]:
+        """The tuple A = (A_1, ..., A_n), each of shape (out, in, s)."""
+        return [m.weight() for m in self.maps]
+
+    @torch.no_grad()
+    def set_weights(self, weights: Sequence[torch.Tensor]) -> None:
+        """Set θ so that A = ``weights`` — projected onto the model's space (E when constrained)."""
+        for m, a in zip(self.maps, weights, strict=True):
+            m.set_weight(a)
+
+    def perp(self, weights: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Π_{E⊥}A per layer (SPEC §2)."""
+        weights = self.weights() if weights is None else weights
+        return [space.project_perp(a) for space, a in zip(self.spaces, weights)]
+
+    def dim_e(self) -> int:
+        return sum(m.theta.shape[0] * m.theta.shape[1] * s.orbits_in_e for m, s in zip(self.maps, self.spaces))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arch = self.arch
+        weights = self.weights()
+        k = arch.kernel_size
+        for i, a in enumerate(weights[:-1]):
+            bias = self.biases[i] if arch.bias else None
+            x = F.conv2d(x, a.view(a.shape[0], a.shape[1], k, k), bias, arch.stride[i], k // 2)
+            if arch.pool[i] > 1:
+                x = F.avg_pool2d(x, arch.pool[i])
+            x = self._act(x)
+            if arch.layernorm:
+                x = F.layer_norm(x, x.shape[-2:])
+        head = weights[-1]
+        return F.linear(x.flatten(1), head.reshape(head.shape[0], -1), self.biases[-1] if arch.bias else None)
+
+
+def build_model(model_cfg, group: Group, in_shape, n_classes: int, constrain: bool, dtype=torch.float32) -> EqCNN:
+    arch = architecture_from_config(model_cfg, in_shape, n_classes)
+    support = make_support(model_cfg.support, arch.kernel_size)
+    return EqCNN(arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype)
