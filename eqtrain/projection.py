@@ -31,7 +31,6 @@ class LayerSpace(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        s = h * w
         mask = torch.ones(h, w, dtype=torch.bool) if mask is None else mask.bool()
         if mask.shape != (h, w):
             raise ValueError(f"support of shape {tuple(mask.shape)} does not match the {h}x{w} grid")
