@@ -44,16 +44,20 @@ class RunLogger:
             self.flush()
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
-        """Write scalars now (per-epoch metrics)."""
+        """Write scalars now (per-epoch metrics), after the buffered steps so the file stays in order."""
+        self._write_rows()
         self._write(step, time.time(), list(scalars), list(scalars.values()))
 
     def flush(self) -> None:
+        self._write_rows()
+        self.writer.flush()
+
+    def _write_rows(self) -> None:
         if self._rows:
             values = torch.stack(self._rows).double().cpu().tolist()
             for step, wall, row in zip(self._steps, self._times, values):
                 self._write(step, wall, self._tags, row)
             self._rows, self._steps, self._times = [], [], []
-        self.writer.flush()
 
     def _write(self, step: int, wall: float, tags, values) -> None:
         summary = Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in zip(tags, values)])

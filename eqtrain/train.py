@@ -112,6 +112,20 @@ def hparams_of(cfg, settings: Settings) -> dict[str, object]:
     }
 
 
+def save_weights(path: Path, model, step: int) -> None:
+    """The final weights A (a list of (out, in, s) tensors, layer names alongside) and θ."""
+    with torch.no_grad():
+        payload = {
+            "step": step,
+            "layer_names": list(model.layer_names),
+            "weights": [a.detach().cpu().clone() for a in model.weights()],
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
 def _generator(seed: int, stream: int) -> torch.Generator:
     """Independent, reproducible random streams per purpose (data order, augmentation)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
@@ -213,6 +227,7 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         final = {k: v.item() for k, v in distance_to_e(model.layer_names, model.weights(), model.perp()).items()}
     logger.log(step, final)
     logger.close()
+    save_weights(run_dir / "weights.pt", model, step)
     result = {
         **metrics,
         **final,
