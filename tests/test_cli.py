@@ -1,0 +1,141 @@
+"""The command line end to end, as a user runs it: a real subprocess in a temporary directory."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
+SMOKE = ["experiment=smoke"]
+
+
+def eqtrain(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([EQTRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def scalars(run_dir: Path) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_run_writes_curves_hparams_and_metrics(tmp_path):
+    proc = eqtrain(tmp_path, *SMOKE)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    steps = scalars(run_dir)
+    for tag in ("dist_to_E/conv1", "dist_to_E/conv2", "dist_to_E/head", "dist_to_E/total", "dist_to_E_rel/total"):
+        assert steps[tag] == list(range(21)), tag  # 20 steps of 20 (max_steps) + the final weights
+    for tag in ("loss/data", "loss/reg", "loss/total"):
+        assert steps[tag] == list(range(20)), tag
+    for tag in ("acc/train", "acc/test", "acc/test_orbit", "equiv/test_error", "equiv/test_consistency"):
+        assert steps[tag] == [0, 20], tag  # before training and after the (only) epoch
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 20
+    assert metrics["hparams"]["mode"] == "augreg" and metrics["hparams"]["gamma"] == 1.0
+    # hparams live in the run's own directory (TensorBoard's HParams tab).
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    tags = {v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value}
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= tags
+
+
+def test_log_every_thins_the_per_step_curves(tmp_path):
+    assert eqtrain(tmp_path, *SMOKE, "log_every=5", "mode=nomreg").returncode == 0
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert scalars(run_dir)["loss/total"] == [0, 5, 10, 15]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("gamm=0.1", "gamm"), ("mode=augrg", "augrg"), ("group=c8", "c8"), ("model.kernel_size=three", "kernel_size")],
+)
+def test_typos_fail_at_once_naming_the_key(tmp_path, override, message):
+    proc = eqtrain(tmp_path, *SMOKE, override)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").rglob("events*"))
+
+
+def test_bad_value_is_one_clear_line_and_exit_2(tmp_path):
+    proc = eqtrain(tmp_path, *SMOKE, "lr=-1")
+    assert proc.returncode == 2
+    assert "eqtrain: error: lr=-1.0 is not valid: use a finite number > 0" in proc.stderr.splitlines()
+
+
+def test_gamma_for_a_mode_without_regularizer_warns(tmp_path):
+    proc = eqtrain(tmp_path, *SMOKE, "mode=nominal", "gamma=0.5")
+    assert proc.returncode == 0
+    assert "gamma=0.5 is ignored: mode=nominal has no regularizer" in proc.stdout + proc.stderr
+
+
+def test_help_and_cfg_job(tmp_path):
+    help_ = eqtrain(tmp_path, "--help")
+    assert help_.returncode == 0
+    for group in ("dataset:", "model:", "mode:", "group:", "experiment:"):
+        assert group in help_.stdout
+    assert "mode: augmented, augreg, equivariant, nominal, nomreg" in help_.stdout
+    cfg = eqtrain(tmp_path, "--cfg", "job", "mode=nomreg", "gamma=1")
+    assert cfg.returncode == 0 and "name: nomreg" in cfg.stdout and "gamma: 1" in cfg.stdout
+
+
+def test_two_runs_started_together_get_two_directories(tmp_path):
+    procs = [
+        subprocess.Popen(
+            [EQTRAIN, *SMOKE, "max_steps=2"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 2
+
+
+def test_wheel_contains_every_config_file(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("eqtrain-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"eqtrain/configs/{p.relative_to(REPO / 'configs').as_posix()}" for p in (REPO / "configs").rglob("*.yaml")
+    }
+    assert expected and expected <= names
+    # ... and Hydra finds them in the installed package, from any directory.
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    code = (
+        "import eqtrain; from hydra import compose, initialize_config_module\n"
+        "with initialize_config_module('eqtrain.configs', version_base='1.3'):\n"
+        "    print(compose('config', ['experiment=smoke', 'model=deep_cnn']).model.channels)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[32, 64, 64]"

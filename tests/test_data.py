@@ -1,0 +1,70 @@
+"""Data loading: digits offline, the MNIST family from IDX files written here (SPEC §6)."""
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from eqtrain.data import DataUnavailable, load_dataset
+
+from .conftest import make_config
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file as MNIST ships it: magic (0, 0, dtype 0x08, ndim), big-endian dims, bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist(root, folder="MNIST", n_train=30, n_test=20):
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28))
+        labels = rng.integers(0, 10, size=n)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        files[prefix] = (images, labels)
+    return files
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_mnist_family_loads_idx_files_from_data_dir(tmp_path, name, folder):
+    files = make_mnist(tmp_path, folder)
+    data = load_dataset(make_config(f"dataset={name}", f"dataset.data_dir={tmp_path}").dataset)
+    images, labels = files["train"]
+    assert data.x_train.shape == (30, 1, 28, 28) and data.x_test.shape == (20, 1, 28, 28)
+    assert torch.allclose(data.x_train[:, 0], torch.tensor(images / 255.0, dtype=torch.float32))
+    assert torch.equal(data.y_train, torch.tensor(labels))
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+
+
+def test_missing_mnist_files_fail_with_where_to_put_them(tmp_path):
+    cfg = make_config("dataset=mnist", f"dataset.data_dir={tmp_path}").dataset
+    with pytest.raises(DataUnavailable, match=rf"dataset=mnist.*{tmp_path}/MNIST/raw/.*dataset=digits works offline"):
+        load_dataset(cfg)
+
+
+def test_digits_default_is_28x28_in_unit_range_with_a_fixed_stratified_split():
+    data = load_dataset(make_config().dataset)
+    assert data.x_train.shape == (1500, 1, 28, 28) and data.x_test.shape == (297, 1, 28, 28)
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    counts = torch.bincount(data.y_test, minlength=10)
+    assert counts.min() >= 28 and counts.max() <= 31  # stratified: ~29.7 per class
+    again = load_dataset(make_config("seed=5").dataset)
+    assert torch.equal(again.x_train, data.x_train)  # the split does not depend on the run's seed
+
+
+def test_limits_and_native_size():
+    data = load_dataset(
+        make_config("dataset.train_limit=40", "dataset.test_limit=7", "dataset.image_size=null").dataset
+    )
+    assert data.x_train.shape == (40, 1, 8, 8) and data.x_test.shape == (7, 1, 8, 8)
+
+
+def test_normalize_standardises_with_a_scalar():
+    data = load_dataset(make_config("dataset.normalize=true").dataset)
+    assert abs(data.x_train.mean().item()) < 1e-4 and abs(data.x_train.std().item() - 1) < 1e-4
