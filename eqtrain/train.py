@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from .augment import AUGMENT_KINDS, Augmenter
 from .config import DEFAULT_GAMMA
@@ -25,11 +26,13 @@ from .group import Group
 from .init import initial_weights
 from .logger import Progress, RunLogger, write_json
 from .metrics import distance_to_e, evaluate
-from .model import build_model
+from .model import EqCNN, build_model
 from .modes import dynamics_from_config
 
 log = logging.getLogger(__name__)
 
+CONFIG_FILE = "config.yaml"  # the resolved config of the run, beside its curves
+WEIGHTS_FILE = "weights.pt"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 HPARAM_METRICS = ["acc/test", "acc/test_orbit", "dist_to_E/total", "dist_to_E_rel/total", "equiv/test_error"]
@@ -112,6 +115,36 @@ def hparams_of(cfg, settings: Settings) -> dict[str, object]:
     }
 
 
+def sgd_step(
+    model: EqCNN,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gamma: float,
+    data_scale: float = 1.0,
+    measure: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+    """One SGD step on data_scale·R(A) + γΓ(A) (γ = 0: no regularizer) for the batch (x, y).
+
+    Returns the data loss R and, when ``measure`` or γ > 0, the weights A and Π_{E⊥}A *before*
+    the update (for the log). A non-finite loss returns (loss, None, None) without updating.
+    """
+    loss = F.cross_entropy(model(x), y)
+    if not torch.isfinite(loss):
+        return loss, None, None
+    optimizer.zero_grad(set_to_none=False)
+    (loss * data_scale if data_scale != 1 else loss).backward()
+    weights = perps = None
+    if gamma or measure:
+        with torch.no_grad():
+            weights = model.weights()
+            perps = model.perp(weights)
+            for m, p in zip(model.maps, perps) if gamma else ():
+                m.theta.grad.add_(m.pull_back(p), alpha=gamma)  # ∇(γΓ) = γ Π_{E⊥}A (SPEC §4)
+    optimizer.step()
+    return loss, weights, perps
+
+
 def save_weights(path: Path, model, step: int) -> None:
     """The final weights A (a list of (out, in, s) tensors, layer names alongside) and θ."""
     with torch.no_grad():
@@ -139,6 +172,8 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     device, dtype, gamma = settings.device, settings.dtype, settings.gamma
     dyn = dynamics_from_config(cfg.mode)
     data = load_dataset(cfg.dataset).to(device, dtype)
@@ -185,30 +220,19 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
             if augmenter is not None:
                 elements = augmenter.sample(len(idx), aug_gen) if cfg.augment == "random" else None
                 x, y = augmenter(x, y, elements)
-            loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
+            log_now = step % cfg.log_every == 0
+            loss, weights, perps = sgd_step(model, optimizer, x, y, gamma, cfg.data_scale, measure=log_now)
+            if weights is None and not torch.isfinite(loss):
                 status = "diverged"
                 log.error("diverged at step %d: the loss is %s (lower lr or gamma)", step, loss.item())
                 break
-            optimizer.zero_grad(set_to_none=False)
-            (loss * cfg.data_scale if cfg.data_scale != 1 else loss).backward()
-            log_now = step % cfg.log_every == 0
-            if dyn.regularize or log_now:
+            if log_now:
                 with torch.no_grad():
-                    weights = model.weights()
-                    perps = model.perp(weights)
-                    if dyn.regularize:  # ∇(γΓ) = γ Π_{E⊥}A (SPEC §4)
-                        for m, p in zip(model.maps, perps):
-                            m.theta.grad.add_(m.pull_back(p), alpha=gamma)
-                    if log_now:
-                        dist = distance_to_e(model.layer_names, weights, perps)
-                        reg = 0.5 * gamma * dist["dist_to_E/total"] ** 2 if dyn.regularize else zero
-                        logger.log_step(
-                            step,
-                            {"loss/data": loss, "loss/reg": reg, "loss/total": loss * cfg.data_scale + reg, **dist},
-                        )
-                        progress.update(epoch, step, loss, dist["dist_to_E/total"])
-            optimizer.step()
+                    dist = distance_to_e(model.layer_names, weights, perps)
+                    reg = 0.5 * gamma * dist["dist_to_E/total"] ** 2 if gamma else zero
+                    scalars = {"loss/data": loss, "loss/reg": reg, "loss/total": loss * cfg.data_scale + reg}
+                    logger.log_step(step, {**scalars, **dist})
+                progress.update(epoch, step, loss, dist["dist_to_E/total"])
             step += 1
         if status != "completed":
             break
@@ -227,7 +251,7 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         final = {k: v.item() for k, v in distance_to_e(model.layer_names, model.weights(), model.perp()).items()}
     logger.log(step, final)
     logger.close()
-    save_weights(run_dir / "weights.pt", model, step)
+    save_weights(run_dir / WEIGHTS_FILE, model, step)
     result = {
         **metrics,
         **final,

@@ -1,0 +1,147 @@
+"""Benchmark: time per SGD step of each mode against the unconstrained floor (issue: speed).
+
+The floor is a plain ``torch.nn`` CNN of the paper's shapes (``nn.Conv2d`` / ``nn.Linear``,
+plain SGD; no projection, no augmentation, no logging). Each eqtrain mode runs the real
+``sgd_step`` with the per-step SPEC §7 scalars logged into a real event file. All variants are
+measured in one process, interleaved round by round so that machine noise cancels, and the
+median over rounds is reported. Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import Augmenter
+from .config import ModelConfig
+from .group import Group
+from .init import initial_weights
+from .logger import RunLogger
+from .metrics import distance_to_e
+from .model import build_model
+from .train import sgd_step
+
+# (name, augment kind or None, constrain, regularize)
+VARIANTS = [
+    ("nominal", None, False, False),
+    ("augmented_random", "random", False, False),
+    ("augmented_orbit", "orbit", False, False),
+    ("equivariant", None, True, False),
+    ("augreg", "random", False, True),
+    ("nomreg", None, False, True),
+]
+
+
+def floor_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.AvgPool2d(2),
+        nn.Tanh(),
+        nn.LayerNorm((14, 14), elementwise_affine=False),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False),
+        nn.AvgPool2d(2),
+        nn.Tanh(),
+        nn.LayerNorm((7, 7), elementwise_affine=False),
+        nn.Flatten(),
+        nn.Linear(784, 10, bias=False),
+    )
+
+
+def make_floor(x_all, y_all, batch):
+    model = floor_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    n = len(y_all)
+
+    def step(i: int) -> None:
+        idx = torch.arange(i * batch, (i + 1) * batch) % n
+        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, None
+
+
+def make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, logdir):
+    group = Group.from_name("c4")
+    model = build_model(ModelConfig(), group, (1, 28, 28), 10, constrain)
+    model.set_weights(initial_weights(model, "perturbed_equivariant", 1e-3, 0))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
+    gen = torch.Generator().manual_seed(0)
+    logger = RunLogger(logdir)
+    gamma = 0.1 if regularize else 0.0
+    zero = torch.zeros(())
+    n = len(y_all)
+
+    def step(i: int) -> None:
+        idx = torch.arange(i * batch, (i + 1) * batch) % n
+        x, y = x_all[idx], y_all[idx]
+        if augmenter is not None:
+            x, y = augmenter(x, y, augmenter.sample(batch, gen) if augment == "random" else None)
+        loss, weights, perps = sgd_step(model, opt, x, y, gamma)
+        with torch.no_grad():
+            dist = distance_to_e(model.layer_names, weights, perps)
+            reg = 0.5 * gamma * dist["dist_to_E/total"] ** 2 if gamma else zero
+            logger.log_step(i, {"loss/data": loss, "loss/reg": reg, "loss/total": loss + reg, **dist})
+
+    return step, logger
+
+
+def measure(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each variant, interleaved round by round."""
+    x_all, y_all = torch.rand(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = {"floor": make_floor(x_all, y_all, batch)}
+        for name, augment, constrain, regularize in VARIANTS:
+            runners[name] = make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, f"{tmp}/{name}")
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for step, _ in runners.values():
+            for i in range(warmup):
+                step(i)
+        for r in range(rounds):
+            for name, (step, _) in runners.items():
+                start = time.perf_counter()
+                for i in range(steps):
+                    step(r * steps + i)
+                times[name].append((time.perf_counter() - start) / steps)
+        for _, logger in runners.values():
+            if logger is not None:
+                logger.close()
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="eqtrain-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--steps", type=int, default=100, help="steps per round and variant")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu", "results": {}}
+    for batch in args.batch:
+        med = measure(batch, args.steps, args.rounds, args.warmup)
+        floor = med.pop("floor")
+        print(f"\nbatch {batch}: floor {floor * 1e3:.3f} ms/step (plain torch.nn CNN, SGD, no logging)")
+        print(f"{'mode':<20}{'ms/step':>10}{'x floor':>10}")
+        for name, t in med.items():
+            print(f"{name:<20}{t * 1e3:>10.3f}{t / floor:>10.2f}")
+        report["results"][str(batch)] = {
+            "floor_ms": round(floor * 1e3, 4),
+            "ratio_to_floor": {name: round(t / floor, 3) for name, t in med.items()},
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
