@@ -172,8 +172,6 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     device, dtype, gamma = settings.device, settings.dtype, settings.gamma
     dyn = dynamics_from_config(cfg.mode)
     data = load_dataset(cfg.dataset).to(device, dtype)
@@ -191,6 +189,8 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     logger = RunLogger(run_dir)
     logger.hparams(hparams_of(cfg, settings), HPARAM_METRICS)
     log.info(
