@@ -24,7 +24,6 @@ from .config import ModelConfig
 from .group import Group
 from .init import initial_weights
 from .logger import RunLogger
-from .metrics import distance_to_e
 from .model import build_model
 from .train import sgd_step
 
@@ -86,9 +85,8 @@ def make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, logdir):
         x, y = x_all[idx], y_all[idx]
         if augmenter is not None:
             x, y = augmenter(x, y, augmenter.sample(batch, gen) if augment == "random" else None)
-        loss, weights, perps = sgd_step(model, opt, x, y, gamma)
+        loss, dist = sgd_step(model, opt, x, y, gamma)
         with torch.no_grad():
-            dist = distance_to_e(model.layer_names, weights, perps)
             reg = 0.5 * gamma * dist["dist_to_E/total"] ** 2 if gamma else zero
             logger.log_step(i, {"loss/data": loss, "loss/reg": reg, "loss/total": loss + reg, **dist})
 

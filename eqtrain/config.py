@@ -20,7 +20,7 @@ class DatasetConfig:
     name: str = "digits"
     data_dir: str = "data"  # the MNIST family's root (torchvision layout: <data_dir>/MNIST/raw/...)
     download: bool = False
-    image_size: Optional[int] = 28  # digits are upscaled from 8x8; null keeps the native size
+    image_size: Any = 28  # an int (square) or [h, w]; digits are upscaled from 8x8; null = native size
     train_limit: Optional[int] = None  # first N training images only (quick runs)
     test_limit: Optional[int] = None
     shuffle: bool = True  # a fresh seeded order every epoch; false = in order, as in the paper
@@ -64,6 +64,15 @@ class InitConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One phase of a run made of phases (e.g. equivariant, then augmented)."""
+
+    mode: str = "equivariant"  # a mode name (nominal, augmented, equivariant, augreg, nomreg)
+    epochs: int = 1
+    augment: Optional[str] = None  # null = the top-level `augment`
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -82,6 +91,11 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64
     threads: Optional[int] = None  # torch intra-op threads; null = torch's default
+    phases: List[PhaseConfig] = field(default_factory=list)  # non-empty: overrides mode and epochs
+    twin: bool = False  # train an equivariant twin from Π_E(A₀) on the same batches (twin/dist)
+    resume: Any = None  # null | true (this run dir) | auto (if a checkpoint exists) | <run dir>
+    force_resume: bool = False  # resume even from a checkpoint of a different config
+    analyze: bool = False  # stability analysis (Hessian on E⊥) at the end of the run
 
 
 def register_configs() -> None:

@@ -51,6 +51,7 @@ def load_dataset(cfg) -> Data:
     """Load ``cfg.name`` with the limits and options of the ``dataset`` config group."""
     if cfg.name not in DATASET_NAMES:
         raise ValueError(f"dataset.name={cfg.name!r} is not valid; use one of {', '.join(DATASET_NAMES)}")
+    image_size_of(cfg.image_size)  # validate before any loading
     data = _load_digits(cfg.image_size) if cfg.name == "digits" else _load_torchvision(cfg)
     for key in ("train_limit", "test_limit"):
         limit = getattr(cfg, key)
@@ -66,17 +67,31 @@ def load_dataset(cfg) -> Data:
     return data
 
 
-def _load_digits(image_size: int | None) -> Data:
+def image_size_of(value) -> tuple[int, int] | None:
+    """``dataset.image_size``: null, an int (square) or [h, w]."""
+    if value is None:
+        return None
+    size = (value, value) if isinstance(value, int) else tuple(value)
+    if len(size) != 2 or any(not isinstance(v, int) or v < 1 for v in size):
+        raise ValueError(f"dataset.image_size={value!r} is not valid: use a positive int, [h, w] or null (native size)")
+    return size
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    if size is None or tuple(x.shape[-2:]) == size:
+        return x
+    # Bilinear with align_corners=False commutes with the group on square images (SPEC §6).
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _load_digits(image_size) -> Data:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # values 0..16 -> [0, 1]
     y = torch.tensor(bunch.target, dtype=torch.long)
-    if image_size is not None and image_size != 8:
-        if image_size < 1:
-            raise ValueError(f"dataset.image_size={image_size!r} must be a positive int or null (native 8)")
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    x = _resize(x, image_size_of(image_size))
     train, test = train_test_split(
         torch.arange(len(y)).numpy(), test_size=DIGITS_TEST_SIZE, stratify=y.numpy(), random_state=SPLIT_SEED
     )
@@ -108,8 +123,6 @@ def _load_torchvision(cfg) -> Data:
         return ds.data[:, None].float() / 255.0, ds.targets.long()
 
     (x_tr, y_tr), (x_te, y_te) = (tensors(ds) for ds in splits)
-    if cfg.image_size is not None and cfg.image_size != x_tr.shape[-1]:
-        size = (cfg.image_size, cfg.image_size)
-        x_tr = F.interpolate(x_tr, size=size, mode="bilinear", align_corners=False)
-        x_te = F.interpolate(x_te, size=size, mode="bilinear", align_corners=False)
+    size = image_size_of(cfg.image_size)
+    x_tr, x_te = _resize(x_tr, size), _resize(x_te, size)
     return Data(x_tr, y_tr, x_te, y_te, n_classes=10)

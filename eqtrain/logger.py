@@ -75,17 +75,24 @@ class RunLogger:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    """Write JSON atomically (temp file + rename): a reader never sees half a file."""
+    """Write JSON atomically (temp file + rename): a reader never sees half a file.
+
+    Non-finite floats become the strings "nan" / "inf" / "-inf" (strict JSON has no such numbers).
+    """
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
-def _jsonable(value):
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    return str(value)
+    return value
 
 
 class Progress:

@@ -12,8 +12,8 @@ from .config import Config
 from .data import Data, load_dataset
 from .group import Group
 from .model import EqCNN, build_model
-from .modes import dynamics_from_config
-from .train import CONFIG_FILE, WEIGHTS_FILE, validate
+from .settings import validate
+from .train import CONFIG_FILE, WEIGHTS_FILE
 
 
 @dataclass
@@ -39,8 +39,8 @@ def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     settings = validate(cfg)
     data = load_dataset(cfg.dataset).to(device, settings.dtype)
     group = Group.from_name(cfg.group.name)
-    dyn = dynamics_from_config(cfg.mode)
-    model = build_model(cfg.model, group, data.image_shape, data.n_classes, dyn.constrain, settings.dtype).to(device)
+    constrain = settings.phases[-1].dyn.constrain  # the model as the last phase trained it
+    model = build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype).to(device)
     path = run_dir / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{str(run_dir)!r} has no {WEIGHTS_FILE}: the run did not finish")

@@ -5,6 +5,10 @@ which data the loss sees (augment), where the parameters live (constrain, decide
 model is built) and whether γΓ is added (regularize). The regularizer's gradient is added
 analytically, ∇Γ(A) = Π_{E⊥}A, pulled back to the parameters — the same Π_{E⊥}A that the
 per-step distance log needs, so the two share one computation.
+
+A run may be made of phases (e.g. equivariant, then augmented): the weights A carry over
+exactly, only the parametrization and the switches change. Checkpoints at every epoch end and
+on SIGINT / SIGTERM / SIGUSR2 make a resumed run bitwise identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,107 +16,30 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from .augment import AUGMENT_KINDS, Augmenter
-from .config import DEFAULT_GAMMA
-from .data import load_dataset
+from .augment import Augmenter
+from .checkpoint import CHECKPOINT_FILE, config_hash, load_checkpoint, save_checkpoint
+from .data import Data, load_dataset
 from .group import Group
 from .init import initial_weights
 from .logger import Progress, RunLogger, write_json
 from .metrics import distance_to_e, evaluate
 from .model import EqCNN, build_model
-from .modes import dynamics_from_config
+from .modes import MODES
+from .settings import ConfigError, Phase, Settings, hparams_of, validate
+from .signals import StopSignals
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"  # the resolved config of the run, beside its curves
 WEIGHTS_FILE = "weights.pt"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DEVICES = ("auto", "cpu", "cuda")
+METRICS_FILE = "metrics.json"
 HPARAM_METRICS = ["acc/test", "acc/test_orbit", "dist_to_E/total", "dist_to_E_rel/total", "equiv/test_error"]
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be run; the message names the key, the value and what is valid."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The top-level values after validation."""
-
-    gamma: float
-    device: torch.device
-    dtype: torch.dtype
-
-
-def validate(cfg) -> Settings:
-    """Check the top-level keys before anything is loaded or written."""
-
-    def need(ok: bool, key: str, valid: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: {valid}")
-
-    need(cfg.gamma is None or (math.isfinite(cfg.gamma) and cfg.gamma >= 0), "gamma", "use a finite number >= 0")
-    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "use a finite number > 0")
-    need(cfg.batch_size >= 1, "batch_size", "use an int >= 1")
-    need(cfg.epochs >= 0, "epochs", "use an int >= 0")
-    need(cfg.max_steps is None or cfg.max_steps >= 0, "max_steps", "use an int >= 0 or null")
-    need(cfg.log_every >= 1, "log_every", "use an int >= 1")
-    need(math.isfinite(cfg.data_scale) and cfg.data_scale > 0, "data_scale", "use a finite number > 0")
-    need(cfg.augment in AUGMENT_KINDS, "augment", f"use one of {', '.join(AUGMENT_KINDS)}")
-    need(cfg.dtype in DTYPES, "dtype", f"use one of {', '.join(DTYPES)}")
-    need(cfg.device in DEVICES, "device", f"use one of {', '.join(DEVICES)}")
-    need(cfg.threads is None or cfg.threads >= 1, "threads", "use an int >= 1 or null")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' is not valid: no CUDA GPU is visible to torch; use device=cpu or device=auto")
-    dyn = dynamics_from_config(cfg.mode)
-    if dyn.regularize:
-        gamma = DEFAULT_GAMMA if cfg.gamma is None else float(cfg.gamma)
-    else:
-        if cfg.gamma:
-            log.warning(
-                "gamma=%s is ignored: mode=%s has no regularizer (use augreg or nomreg)", cfg.gamma, cfg.mode.name
-            )
-        gamma = 0.0
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    return Settings(gamma=gamma, device=device, dtype=DTYPES[cfg.dtype])
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def hparams_of(cfg, settings: Settings) -> dict[str, object]:
-    """The same keys for every run, so TensorBoard's HParams tab can compare a sweep."""
-    return {
-        "mode": cfg.mode.name,
-        "gamma": settings.gamma,
-        "group": cfg.group.name,
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "support": str(cfg.model.support),
-        "parametrization": cfg.model.parametrization,
-        "augment": cfg.augment,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "init": cfg.init.scheme,
-        "sigma": cfg.init.sigma,
-        "data_scale": cfg.data_scale,
-        "dtype": cfg.dtype,
-    }
 
 
 def sgd_step(
@@ -123,29 +50,247 @@ def sgd_step(
     gamma: float,
     data_scale: float = 1.0,
     measure: bool = True,
-) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
     """One SGD step on data_scale·R(A) + γΓ(A) (γ = 0: no regularizer) for the batch (x, y).
 
-    Returns the data loss R and, when ``measure`` or γ > 0, the weights A and Π_{E⊥}A *before*
-    the update (for the log). A non-finite loss returns (loss, None, None) without updating.
+    Returns the data loss R and, if ``measure``, the SPEC §7 distances of A *before* the update
+    (0-d tensors). A non-finite loss returns at once, without updating.
     """
     loss = F.cross_entropy(model(x), y)
     if not torch.isfinite(loss):
-        return loss, None, None
-    optimizer.zero_grad(set_to_none=False)
+        return loss, None
+    optimizer.zero_grad()
     (loss * data_scale if data_scale != 1 else loss).backward()
-    weights = perps = None
+    dist = None
     if gamma or measure:
         with torch.no_grad():
             weights = model.weights()
             perps = model.perp(weights)
             for m, p in zip(model.maps, perps) if gamma else ():
                 m.theta.grad.add_(m.pull_back(p), alpha=gamma)  # ∇(γΓ) = γ Π_{E⊥}A (SPEC §4)
+            if measure:  # before the update: for identity parametrizations `weights` aliases θ
+                dist = distance_to_e(model.layer_names, weights, perps)
     optimizer.step()
-    return loss, weights, perps
+    return loss, dist
 
 
-def save_weights(path: Path, model, step: int) -> None:
+def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: Data, weights) -> EqCNN:
+    """The model of a phase, holding the weights A it starts from (projected onto E if constrained)."""
+    model = build_model(cfg.model, group, data.image_shape, data.n_classes, phase.dyn.constrain, settings.dtype)
+    model = model.to(settings.device)
+    model.set_weights(weights)
+    return model
+
+
+def train(cfg, run_dir: str | Path) -> dict[str, object]:
+    """Train one run into ``run_dir`` (or the directory ``resume`` names); return the final metrics."""
+    settings = validate(cfg)
+    run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) and cfg.resume not in ("auto",) else Path(run_dir)
+    digest = config_hash(cfg)
+    resuming = cfg.resume is True or isinstance(cfg.resume, str) and cfg.resume != "auto"
+    resuming |= cfg.resume == "auto" and (run_dir / CHECKPOINT_FILE).exists()
+    ckpt = load_checkpoint(run_dir, digest, cfg.force_resume) if resuming else None
+    if ckpt is None and ((run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))):
+        raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, gamma, phases = settings.device, settings.gamma, settings.phases
+    data = load_dataset(cfg.dataset).to(device, settings.dtype)
+    n = len(data.y_train)
+    if cfg.batch_size > n:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not valid: larger than the training set ({n} images)")
+    group = Group.from_name(cfg.group.name)
+
+    # Build every phase's model once up front, so a bad model config fails before anything is written.
+    first = build_model(cfg.model, group, data.image_shape, data.n_classes, phases[0].dyn.constrain, settings.dtype)
+    for constrain in {p.dyn.constrain for p in phases[1:]} | ({True} if cfg.twin else set()):
+        build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype)
+    a0 = initial_weights(first, cfg.init.scheme, cfg.init.sigma, cfg.seed)
+
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    ends = [sum(p.epochs for p in phases[: i + 1]) for i in range(len(phases))]  # epoch where each phase ends
+    total = (
+        settings.epochs * steps_per_epoch
+        if cfg.max_steps is None
+        else min(settings.epochs * steps_per_epoch, cfg.max_steps)
+    )
+
+    def phase_at(epoch: int) -> int:
+        return next((i for i, end in enumerate(ends) if epoch < end), len(phases) - 1)
+
+    order_gen, aug_gen = _generator(cfg.seed, 1), _generator(cfg.seed, 2)
+    step = epoch = position = 0
+    order = None
+    phase_idx = phase_at(0)
+    model = build_for_phase(cfg, settings, phases[phase_idx], group, data, a0)
+    twin = (
+        build_for_phase(cfg, settings, Phase("equivariant", MODES["equivariant"], 0, cfg.augment), group, data, a0)
+        if cfg.twin
+        else None
+    )
+    if ckpt is not None:
+        phase_idx = ckpt["phase"]
+        model = build_for_phase(cfg, settings, phases[phase_idx], group, data, a0)
+        model.load_state_dict(ckpt["model"])
+        if twin is not None:
+            twin.load_state_dict(ckpt["twin"])
+        step, epoch, position, order = ckpt["step"], ckpt["epoch"], ckpt["position"], ckpt["order"].to(device)
+        order_gen.set_state(ckpt["order_gen"])
+        aug_gen.set_state(ckpt["aug_gen"])
+        log.info("resuming %s at step %d (epoch %d, phase %d)", run_dir, step, epoch, phase_idx)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=cfg.lr) if twin is not None else None
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if twin_opt is not None:
+            twin_opt.load_state_dict(ckpt["twin_optimizer"])
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    logger = RunLogger(run_dir, purge_step=step if ckpt is not None else None)
+    if ckpt is None:
+        logger.hparams(hparams_of(cfg, settings), HPARAM_METRICS)
+    log.info(
+        "mode=%s gamma=%g group=%s: %d parameters, dim E=%d, %d steps on %s -> %s",
+        settings.mode,
+        gamma,
+        group.name,
+        sum(p.numel() for p in model.parameters()),
+        model.dim_e(),
+        total,
+        device,
+        run_dir,
+    )
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir, {
+            "config_hash": digest, "step": step, "epoch": epoch, "position": position, "phase": phase_idx,
+            "order": order.cpu() if order is not None else torch.zeros(0, dtype=torch.long),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "twin": twin.state_dict() if twin is not None else {},
+            "twin_optimizer": twin_opt.state_dict() if twin_opt is not None else {},
+            "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(),
+        })  # fmt: skip
+
+    progress = Progress(total)
+    started = time.time()
+    status, metrics, evaluated_at = "completed", {}, -1
+    if step == 0 and ckpt is None:
+        metrics, evaluated_at = evaluate(model, data, group), 0
+        logger.log(0, metrics)
+    zero = torch.zeros((), device=device, dtype=settings.dtype)
+    with StopSignals() as stop:
+        while step < total and status == "completed":
+            if phase_at(epoch) != phase_idx:  # a new phase: same weights A, new switches
+                phase_idx = phase_at(epoch)
+                model = build_for_phase(cfg, settings, phases[phase_idx], group, data, model.weights())
+                optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+                log.info("phase %d: mode=%s from step %d", phase_idx, phases[phase_idx].mode, step)
+            phase = phases[phase_idx]
+            augmenter = Augmenter(group, phase.augment, *data.image_shape[1:], device) if phase.dyn.augment else None
+            phase_gamma = gamma if phase.dyn.regularize else 0.0
+            if position == 0:
+                order = torch.randperm(n, generator=order_gen) if cfg.dataset.shuffle else torch.arange(n)
+                order = order.to(device)
+            while position < n and step < total:
+                idx = order[position : position + cfg.batch_size]
+                x, y = data.x_train[idx], data.y_train[idx]
+                if augmenter is not None:
+                    elements = augmenter.sample(len(idx), aug_gen) if phase.augment == "random" else None
+                    x, y = augmenter(x, y, elements)
+                log_now = step % cfg.log_every == 0
+                if twin is not None and log_now:
+                    with torch.no_grad():
+                        twin_dist = sum((a - b).pow(2).sum() for a, b in zip(model.weights(), twin.weights())).sqrt()
+                loss, dist = sgd_step(model, optimizer, x, y, phase_gamma, cfg.data_scale, measure=log_now)
+                if not torch.isfinite(loss):
+                    status = "diverged"
+                    log.error("diverged at step %d: the loss is %s; lower lr or gamma", step, loss.item())
+                    if all(torch.isfinite(a).all() for a in model.weights()):
+                        checkpoint()  # the last finite state (A_step, before the failed update)
+                    break
+                if twin is not None:
+                    sgd_step(twin, twin_opt, x, y, 0.0, cfg.data_scale, measure=False)
+                if log_now and not torch.isfinite(dist["dist_to_E/total"]):
+                    status = "diverged"  # the weights are finite but so large that their norm overflows
+                    log.error("diverged at step %d: the distance to E overflows; lower lr or gamma", step)
+                    break
+                if log_now:
+                    reg = 0.5 * phase_gamma * dist["dist_to_E/total"] ** 2 if phase_gamma else zero
+                    scalars = {"loss/data": loss, "loss/reg": reg, "loss/total": loss * cfg.data_scale + reg, **dist}
+                    if twin is not None:
+                        scalars["twin/dist"] = twin_dist
+                    logger.log_step(step, scalars)
+                    progress.update(epoch, step, loss, dist["dist_to_E/total"])
+                position += len(idx)
+                step += 1
+                if stop.requested:
+                    break
+            if status != "completed":
+                break
+            if stop.requested:
+                logger.flush()
+                checkpoint()
+                progress.close()
+                log.warning(
+                    "stopped by signal %d at step %d; checkpoint written, resume with resume=true", stop.received, step
+                )
+                write_json(
+                    run_dir / METRICS_FILE,
+                    {"status": "interrupted", "steps": step, "hparams": hparams_of(cfg, settings)},
+                )
+                logger.close()
+                stop.hand_over()
+            if position >= n:  # the epoch is complete
+                checkpoint()
+                epoch, position = epoch + 1, 0
+                metrics, evaluated_at = evaluate(model, data, group), step
+                logger.log(step, metrics)
+                log.info(
+                    "epoch %d step %d: acc/test %.4f acc/test_orbit %.4f",
+                    epoch,
+                    step,
+                    metrics["acc/test"],
+                    metrics["acc/test_orbit"],
+                )
+    progress.close()
+    finite = all(torch.isfinite(a).all() for a in model.weights())
+    if status == "completed" and not finite:
+        status = "diverged"
+        log.error("diverged at step %d: the weights are not finite; lower lr or gamma", step)
+    if status == "completed":
+        checkpoint()
+    if evaluated_at != step or not metrics:
+        metrics = evaluate(model, data, group)
+        logger.log(step, metrics)
+    with torch.no_grad():
+        final = {k: v.item() for k, v in distance_to_e(model.layer_names, model.weights(), model.perp()).items()}
+    logger.log(step, final)
+    logger.close()
+    if finite:
+        save_weights(run_dir / WEIGHTS_FILE, model, step)
+    result = {
+        **metrics,
+        **final,
+        "status": status,
+        "steps": step,
+        "epochs_done": epoch,
+        "dim_E": model.dim_e(),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "hparams": hparams_of(cfg, settings),
+    }
+    write_json(run_dir / METRICS_FILE, result)
+    log.info(
+        "%s after %.1f s: dist_to_E/total %.3e, acc/test %.4f",
+        status,
+        time.time() - started,
+        final["dist_to_E/total"],
+        metrics["acc/test"],
+    )
+    return result
+
+
+def save_weights(path: Path, model: EqCNN, step: int) -> None:
     """The final weights A (a list of (out, in, s) tensors, layer names alongside) and θ."""
     with torch.no_grad():
         payload = {
@@ -162,113 +307,3 @@ def save_weights(path: Path, model, step: int) -> None:
 def _generator(seed: int, stream: int) -> torch.Generator:
     """Independent, reproducible random streams per purpose (data order, augmentation)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
-
-
-def train(cfg, run_dir: str | Path) -> dict[str, object]:
-    """Train one run into ``run_dir``; return the final metrics (also in metrics.json)."""
-    run_dir = Path(run_dir)
-    settings = validate(cfg)
-    if (run_dir / "metrics.json").exists() or any(run_dir.glob("events.out.tfevents.*")):
-        raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device, dtype, gamma = settings.device, settings.dtype, settings.gamma
-    dyn = dynamics_from_config(cfg.mode)
-    data = load_dataset(cfg.dataset).to(device, dtype)
-    n = len(data.y_train)
-    if cfg.batch_size > n:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images)")
-    group = Group.from_name(cfg.group.name)
-    model = build_model(cfg.model, group, data.image_shape, data.n_classes, dyn.constrain, dtype).to(device)
-    model.set_weights(initial_weights(model, cfg.init.scheme, cfg.init.sigma, cfg.seed))
-    augmenter = Augmenter(group, cfg.augment, *data.image_shape[1:], device) if dyn.augment else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    order_gen, aug_gen = _generator(cfg.seed, 1), _generator(cfg.seed, 2)
-
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    logger = RunLogger(run_dir)
-    logger.hparams(hparams_of(cfg, settings), HPARAM_METRICS)
-    log.info(
-        "mode=%s gamma=%g group=%s: %d parameters, dim E=%d, %d steps on %s",
-        cfg.mode.name,
-        gamma,
-        group.name,
-        sum(p.numel() for p in model.parameters()),
-        model.dim_e(),
-        total,
-        device,
-    )
-    progress = Progress(total)
-    started = time.time()
-    status, metrics = "completed", evaluate(model, data, group)
-    logger.log(0, metrics)
-    step, epoch = 0, 0
-    zero = torch.zeros((), device=device, dtype=dtype)
-    while step < total:
-        order = torch.randperm(n, generator=order_gen) if cfg.dataset.shuffle else torch.arange(n)
-        order = order.to(device)
-        for start in range(0, n, cfg.batch_size):
-            if step >= total:
-                break
-            idx = order[start : start + cfg.batch_size]
-            x, y = data.x_train[idx], data.y_train[idx]
-            if augmenter is not None:
-                elements = augmenter.sample(len(idx), aug_gen) if cfg.augment == "random" else None
-                x, y = augmenter(x, y, elements)
-            log_now = step % cfg.log_every == 0
-            loss, weights, perps = sgd_step(model, optimizer, x, y, gamma, cfg.data_scale, measure=log_now)
-            if weights is None and not torch.isfinite(loss):
-                status = "diverged"
-                log.error("diverged at step %d: the loss is %s (lower lr or gamma)", step, loss.item())
-                break
-            if log_now:
-                with torch.no_grad():
-                    dist = distance_to_e(model.layer_names, weights, perps)
-                    reg = 0.5 * gamma * dist["dist_to_E/total"] ** 2 if gamma else zero
-                    scalars = {"loss/data": loss, "loss/reg": reg, "loss/total": loss * cfg.data_scale + reg}
-                    logger.log_step(step, {**scalars, **dist})
-                progress.update(epoch, step, loss, dist["dist_to_E/total"])
-            step += 1
-        if status != "completed":
-            break
-        epoch += 1
-        metrics = evaluate(model, data, group)
-        logger.log(step, metrics)
-        log.info(
-            "epoch %d step %d: acc/test %.4f acc/test_orbit %.4f",
-            epoch,
-            step,
-            metrics["acc/test"],
-            metrics["acc/test_orbit"],
-        )
-    progress.close()
-    with torch.no_grad():
-        final = {k: v.item() for k, v in distance_to_e(model.layer_names, model.weights(), model.perp()).items()}
-    logger.log(step, final)
-    logger.close()
-    save_weights(run_dir / WEIGHTS_FILE, model, step)
-    result = {
-        **metrics,
-        **final,
-        "status": status,
-        "steps": step,
-        "epochs_done": epoch,
-        "wall_time_s": round(time.time() - started, 3),
-        "dim_E": model.dim_e(),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "hparams": hparams_of(cfg, settings),
-    }
-    write_json(run_dir / "metrics.json", result)
-    log.info(
-        "done (%s): dist_to_E/total %.3e, acc/test %.4f -> %s",
-        status,
-        final["dist_to_E/total"],
-        metrics["acc/test"],
-        run_dir,
-    )
-    return result

@@ -1,0 +1,391 @@
+"""Is E an attractor here? γ_crit and the stable window from the Hessian of R^aug (SPEC §5.4, §5.6).
+
+Near a point A* ∈ E that is stationary for the equivariant flow, the E⊥ part ξ of the ``augreg``
+dynamics evolves as ξ̇ = −(H_⊥ + γI)ξ, H_⊥ = Π_{E⊥} ∇²R^aug(A*) Π_{E⊥}. So E attracts iff
+γ > γ_crit = max(0, −λ_min(H_⊥)); in discrete time, plain SGD with step lr multiplies each
+eigendirection by 1 − lr(λ + γ), which also needs γ < γ_max = 2/lr − λ_max(H_⊥). The same block on
+E, H_E = Π_E ∇²R^aug Π_E, tells whether A* is stable for the equivariant flow itself (§5.6).
+
+Geometry: weight space with the Frobenius inner product, restricted to L (the orthogonal
+parametrization of SPEC §3), so "E⊥" below means L ∩ E⊥ = range(Π_L − Π_E). The extreme
+eigenvalues come from Lanczos with full reorthogonalization on Hessian–vector products
+(double backward, over data chunks) — never a dense
+Hessian. Everything is computed in float64 by default; the projections are rebuilt in that dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .augment import Augmenter
+from .data import Data, DataUnavailable
+from .group import Group
+from .logger import RunLogger, write_json
+from .model import ACTIVATIONS, Architecture, EqCNN
+from .projection import LayerSpace
+
+STABILITY_FILE = "stability.json"
+TB_TAGS = ("lambda_min_perp", "lambda_max_perp", "gamma_crit", "gamma_max", "lambda_min_E", "grad_norm")
+
+Weights = list[torch.Tensor]
+
+
+def logits_at(
+    arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The network's logits at arbitrary weights A — the same ops as ``EqCNN.forward``."""
+    k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
+    for i, a in enumerate(weights[:-1]):
+        bias = biases[i] if biases is not None else None
+        x = F.conv2d(x, a.reshape(a.shape[0], a.shape[1], k, k), bias, arch.stride[i], k // 2)
+        if arch.pool[i] > 1:
+            x = F.avg_pool2d(x, arch.pool[i])
+        x = act(x)
+        if arch.layernorm:
+            x = F.layer_norm(x, x.shape[-2:])
+    head = weights[-1]
+    return F.linear(x.flatten(1), head.reshape(head.shape[0], -1), biases[-1] if biases is not None else None)
+
+
+class AugmentedRisk:
+    """R^aug(A) on a fixed set of images, with every g·x present (exact orbit augmentation, SPEC §4).
+
+    Holds a copy of the model's point A*, biases and subspaces in ``dtype``; the model is not touched.
+    ``data_scale`` multiplies the data term as the run's objective does (SPEC §8).
+    """
+
+    def __init__(
+        self,
+        model: EqCNN,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        group: Group,
+        dtype: torch.dtype = torch.float64,
+        data_scale: float = 1.0,
+        chunk: int = 512,
+    ) -> None:
+        self.arch, self.group, self.data_scale, self.chunk = model.arch, group, data_scale, chunk
+        with torch.no_grad():
+            self.point = [a.detach().to(dtype) for a in model.weights()]
+            self.biases = [b.detach().to(dtype) for b in model.biases] if model.arch.bias else None
+        device = self.point[0].device
+        # Float64-exact projections, rebuilt rather than cast from the model's (float32) ones.
+        self.spaces = [
+            LayerSpace(group, s.h, s.w, s.omega.reshape(s.h, s.w).cpu(), dtype=dtype).to(device) for s in model.spaces
+        ]
+        x = x.to(device, dtype)
+        self.x, self.y = Augmenter(group, "orbit", x.shape[-2], x.shape[-1], device)(x, y.to(device))
+
+    # -- the subspaces (per layer, Frobenius geometry) -----------------------------------------
+    def project_l(self, v: Sequence[torch.Tensor]) -> Weights:
+        return [s.project_l(a) for s, a in zip(self.spaces, v)]
+
+    def project_e(self, v: Sequence[torch.Tensor]) -> Weights:
+        return [s.project_e(a) for s, a in zip(self.spaces, v)]
+
+    def project_perp(self, v: Sequence[torch.Tensor]) -> Weights:
+        """Onto L ∩ E⊥: Π_L − Π_E, an orthogonal projector since E ⊂ L (SPEC §2)."""
+        return [s.project_l(a) - s.project_e(a) for s, a in zip(self.spaces, v)]
+
+    def dims(self) -> tuple[int, int]:
+        """(dim E, dim L ∩ E⊥)."""
+        dim_e = dim_perp = 0
+        for s, a in zip(self.spaces, self.point):
+            pairs = a.shape[0] * a.shape[1]
+            dim_e += pairs * s.orbits_in_e
+            dim_perp += pairs * (int(s.omega.sum()) - s.orbits_in_e)
+        return dim_e, dim_perp
+
+    # -- R^aug and its derivatives ------------------------------------------------------------
+    def _chunks(self):
+        n = len(self.y)
+        for start in range(0, n, self.chunk):
+            x, y = self.x[start : start + self.chunk], self.y[start : start + self.chunk]
+            yield x, y, self.data_scale * len(y) / n  # the mean over all samples, chunk by chunk
+
+    def _leaves(self, weights: Sequence[torch.Tensor] | None) -> Weights:
+        weights = self.point if weights is None else weights
+        return [a.detach().requires_grad_() for a in weights]
+
+    def _chunk_loss(self, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_at(self.arch, weights, x, self.biases), y)
+
+    @torch.no_grad()
+    def loss(self, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        weights = self.point if weights is None else weights
+        return sum(w * self._chunk_loss(weights, x, y) for x, y, w in self._chunks())
+
+    def gradient(self, weights: Sequence[torch.Tensor] | None = None) -> Weights:
+        """∇R^aug(A) in weight space (not yet restricted to L)."""
+        leaves = self._leaves(weights)
+        total = [torch.zeros_like(a) for a in leaves]
+        for x, y, w in self._chunks():
+            with torch.enable_grad():
+                loss = self._chunk_loss(leaves, x, y)
+            for t, g in zip(total, torch.autograd.grad(loss, leaves)):
+                t.add_(g, alpha=w)
+        return total
+
+    def hvp(self, v: Sequence[torch.Tensor], weights: Sequence[torch.Tensor] | None = None) -> Weights:
+        """∇²R^aug(A)·v by double backward, chunk by chunk (no Hessian is ever formed).
+
+        Double backward measured ~5x faster than ``torch.func``'s jvp-of-grad on CPU here.
+        """
+        leaves = self._leaves(weights)
+        v = [t.to(leaves[0]) for t in v]
+        total = [torch.zeros_like(a) for a in leaves]
+        for x, y, w in self._chunks():
+            with torch.enable_grad():
+                grads = torch.autograd.grad(self._chunk_loss(leaves, x, y), leaves, create_graph=True)
+                hv = torch.autograd.grad(grads, leaves, v)
+            for t, h in zip(total, hv):
+                t.add_(h, alpha=w)
+        return total
+
+
+def _flat(v: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in v])
+
+
+def _unflat(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> Weights:
+    out, start = [], 0
+    for t in like:
+        out.append(flat[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return out
+
+
+def lanczos(
+    matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iterations: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ritz values of a symmetric operator and their residual norms ‖Hy − θy‖, ascending.
+
+    Full reorthogonalization (Gram–Schmidt twice against every Lanczos vector) keeps the basis
+    orthogonal, so no spurious copies of converged eigenvalues appear. ``start`` must lie in the
+    operator's invariant subspace; the Krylov space stays in it. Stops early on an invariant
+    subspace (then the Ritz values are exact eigenvalues).
+    """
+    q = start / start.norm()
+    basis, alphas, betas = [q], [], []
+    beta = start.new_zeros(())
+    for j in range(iterations):
+        w = matvec(q)
+        alphas.append(torch.dot(q, w))
+        stacked = torch.stack(basis)
+        for _ in range(2):
+            w = w - stacked.T @ (stacked @ w)
+        beta = w.norm()
+        scale = max(abs(float(a)) for a in alphas) + max((float(b) for b in betas), default=0.0)
+        if j == iterations - 1 or beta <= 1e-12 * scale:
+            break
+        betas.append(beta)
+        q = w / beta
+        basis.append(q)
+    k = len(alphas)
+    tri = torch.diag(torch.stack(alphas))
+    if k > 1:
+        off = torch.stack(betas[: k - 1])
+        tri = tri + torch.diag(off, 1) + torch.diag(off, -1)
+    theta, s = torch.linalg.eigh(tri)
+    return theta, beta * s[-1].abs()
+
+
+def extreme_eigenvalues(
+    hvp: Callable[[Weights], Weights],
+    project: Callable[[Sequence[torch.Tensor]], Weights],
+    like: Sequence[torch.Tensor],
+    iterations: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """λ_min and λ_max of P ∇² P on range(P), with their Ritz residuals, from a seeded start."""
+    generator = torch.Generator().manual_seed(seed)
+    raw = [torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t) for t in like]
+    start = _flat(project(raw))
+    if start.norm() == 0:
+        raise ValueError("the subspace is {0}: there is no eigenvalue to compute")
+    theta, residual = lanczos(lambda q: _flat(project(hvp(project(_unflat(q, like))))), start, iterations)
+    return {
+        "min": theta[0].item(),
+        "max": theta[-1].item(),
+        "residual_min": residual[0].item(),
+        "residual_max": residual[-1].item(),
+        "iterations": len(theta),
+    }
+
+
+def analyze(
+    model: EqCNN,
+    data: Data,
+    group: Group,
+    lr: float,
+    samples: int = 256,
+    iterations: int = 40,
+    seed: int = 0,
+    data_scale: float = 1.0,
+    dtype: torch.dtype = torch.float64,
+    rtol: float = 1e-6,
+) -> dict[str, object]:
+    """H_⊥ and H_E of R^aug at the model's weights on the first ``samples`` training images.
+
+    Returns λ_min/λ_max of both blocks, γ_crit = max(0, −λ_min⊥), γ_max = 2/lr − λ_max⊥ (the
+    window of plain SGD with step lr, SPEC §5.4), the gradient norms (how far from stationary),
+    the distance to E, and the two stability verdicts (a λ_min ≥ −rtol·max|λ| counts as ≥ 0).
+    """
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} is not valid: use a finite number > 0")
+    if samples < 1 or iterations < 1:
+        raise ValueError(f"samples={samples} and iterations={iterations} must be positive ints")
+    samples = min(samples, len(data.y_train))
+    risk = AugmentedRisk(model, data.x_train[:samples], data.y_train[:samples], group, dtype, data_scale)
+    dim_e, dim_perp = risk.dims()
+    perp = extreme_eigenvalues(risk.hvp, risk.project_perp, risk.point, min(iterations, dim_perp), seed)
+    on_e = extreme_eigenvalues(risk.hvp, risk.project_e, risk.point, min(iterations, dim_e), seed)
+    with torch.no_grad():
+        gradient = risk.project_l(risk.gradient())
+        grad_norm = _flat(gradient).norm().item()
+        grad_norm_e = _flat(risk.project_e(gradient)).norm().item()
+        grad_norm_perp = _flat(risk.project_perp(gradient)).norm().item()
+        dist = _flat([s.project_perp(a) for s, a in zip(risk.spaces, risk.point)]).norm().item()
+        norm = _flat(risk.point).norm().item()
+        loss = risk.loss().item()
+    tol = rtol * max(abs(perp["min"]), abs(perp["max"]), abs(on_e["min"]), abs(on_e["max"]))
+    return {
+        "lambda_min_perp": perp["min"],
+        "lambda_max_perp": perp["max"],
+        "gamma_crit": max(0.0, -perp["min"]),
+        "gamma_max": 2.0 / lr - perp["max"],
+        "lambda_min_E": on_e["min"],
+        "lambda_max_E": on_e["max"],
+        "residual_min_perp": perp["residual_min"],
+        "residual_min_E": on_e["residual_min"],
+        "stable_for_equivariant": on_e["min"] >= -tol,
+        "stable_for_augmented": perp["min"] >= -tol,
+        "tol": tol,
+        "grad_norm": grad_norm,
+        "grad_norm_E": grad_norm_e,
+        "grad_norm_perp": grad_norm_perp,
+        "loss_aug": loss,
+        "dist_to_E": dist,
+        "dist_to_E_rel": dist / norm if norm else 0.0,
+        "lr": lr,
+        "data_scale": data_scale,
+        "samples": samples,
+        "iterations": perp["iterations"],
+        "iterations_E": on_e["iterations"],
+        "dim_E": dim_e,
+        "dim_perp": dim_perp,
+        "seed": seed,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def analyze_run(
+    model: EqCNN,
+    data: Data,
+    group: Group,
+    lr: float,
+    run_dir: str | Path,
+    step: int,
+    logger: RunLogger | None = None,
+    samples: int = 256,
+    iterations: int = 40,
+    seed: int = 0,
+    data_scale: float = 1.0,
+) -> dict[str, object]:
+    """``analyze``, then write RUN_DIR/stability.json and the ``stability/*`` scalars at ``step``.
+
+    With an open ``logger`` the scalars go through it; otherwise a fresh event file is added to
+    ``run_dir`` (TensorBoard reads all the event files of a directory as one run).
+    """
+    result = analyze(model, data, group, lr, samples, iterations, seed, data_scale)
+    result["step"] = step
+    write_json(Path(run_dir) / STABILITY_FILE, result)
+    scalars = {f"stability/{tag}": float(result[tag]) for tag in TB_TAGS}
+    if logger is not None:
+        logger.log(step, scalars)
+    else:
+        own = RunLogger(run_dir)
+        own.log(step, scalars)
+        own.close()
+    return result
+
+
+def summary(result: dict[str, object]) -> str:
+    """A few lines a person can read: the verdicts and the γ window."""
+    r = result
+    lo, hi = r["gamma_crit"], r["gamma_max"]
+    window = f"({lo:.4g}, {hi:.4g})" if lo < hi else f"empty: gamma_crit {lo:.4g} >= gamma_max {hi:.4g}"
+    return "\n".join(
+        [
+            f"Hessian of R^aug on {r['samples']} images x every g, {r['iterations']} Lanczos steps "
+            f"(dim E = {r['dim_E']}, dim E-perp = {r['dim_perp']}):",
+            f"  on E-perp: lambda_min {r['lambda_min_perp']:.4g}, lambda_max {r['lambda_max_perp']:.4g}",
+            f"  on E:      lambda_min {r['lambda_min_E']:.4g}, lambda_max {r['lambda_max_E']:.4g}",
+            f"  |grad R^aug| {r['grad_norm']:.3g} (E part {r['grad_norm_E']:.3g}), dist to E {r['dist_to_E']:.3g}",
+            f"E attracts augreg iff gamma > gamma_crit = max(0, -lambda_min_perp) = {lo:.4g}; SGD with "
+            f"lr {r['lr']:g} needs gamma < gamma_max = 2/lr - lambda_max_perp = {hi:.4g}.",
+            f"Stable window for gamma: {window}.",
+            f"Stable for the equivariant flow: {'yes' if r['stable_for_equivariant'] else 'no'}; "
+            f"for the augmented flow (gamma = 0): {'yes' if r['stable_for_augmented'] else 'no'}.",
+        ]
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eqtrain-analyze",
+        description="Stability of E at a finished run's weights: extreme eigenvalues of the Hessian of "
+        "R^aug on E-perp and on E, gamma_crit and the SGD window (SPEC §5.4). Writes RUN_DIR/stability.json "
+        "and stability/* scalars to the run's TensorBoard.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished eqtrain run directory")
+    parser.add_argument("--samples", type=int, default=256, help="first N training images (default 256)")
+    parser.add_argument("--iterations", type=int, default=40, help="Lanczos steps per block (default 40)")
+    parser.add_argument("--lr", type=float, default=None, help="step size of the window (default: the run's lr)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default cpu)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .rundir import restore
+    from .train import WEIGHTS_FILE
+
+    try:
+        if args.samples < 1 or args.iterations < 1:
+            raise ValueError(f"--samples={args.samples} and --iterations={args.iterations} must be positive")
+        restored = restore(args.run_dir, args.device)
+        step = int(torch.load(Path(args.run_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)["step"])
+        lr = restored.cfg.lr if args.lr is None else args.lr
+        result = analyze_run(
+            restored.model,
+            restored.data,
+            restored.group,
+            lr,
+            args.run_dir,
+            step,
+            samples=args.samples,
+            iterations=args.iterations,
+            seed=args.seed,
+            data_scale=restored.cfg.data_scale,
+        )
+    except (OSError, ValueError, KeyError, DataUnavailable, OmegaConfBaseException) as err:
+        print(f"eqtrain-analyze: error: {err}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    print(f"-> {Path(args.run_dir) / STABILITY_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Bad input, divergence, interruption and exact resume, determinism (robustness issue)."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eqtrain.cli import main
+
+from .conftest import TINY
+
+EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
+QUICK = ["experiment=smoke", "max_steps=3"]
+
+
+def cli(tmp_path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run the real command line in-process (fast: no new interpreter); return (exit code, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["eqtrain", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:  # Hydra configured logging to streams pytest is about to close
+        logging.getLogger().handlers.clear()
+    return code, capsys.readouterr().err
+
+
+BAD_INPUT = [
+    # (overrides, exit code, expected message)
+    (["gamm=0.1"], 1, "Could not override 'gamm'"),
+    (["mode=augrg"], 1, "Could not find 'mode/augrg'"),
+    (["gamma=-1"], 2, "gamma=-1.0 is not valid: use a finite number >= 0"),
+    (["gamma=nan"], 2, "gamma=nan is not valid: use a finite number >= 0"),
+    (["gamma=inf"], 2, "gamma=inf is not valid"),
+    (["lr=0"], 2, "lr=0.0 is not valid: use a finite number > 0"),
+    (["lr=-0.1"], 2, "lr=-0.1 is not valid"),
+    (["batch_size=0"], 2, "batch_size=0 is not valid: use an int >= 1"),
+    (["batch_size=201"], 2, "batch_size=201 is not valid: larger than the training set (200 images)"),
+    (["epochs=-1"], 2, "epochs=-1 is not valid: use an int >= 0"),
+    (["model.kernel_size=4"], 2, "model.kernel_size=4 must be a positive odd integer"),
+    (["model.kernel_size=-1"], 2, "model.kernel_size=-1 must be a positive odd integer"),
+    (["model.support=[[1,0],[0,1]]"], 2, "model.support=[[1, 0], [0, 1]] must be a 3x3 list of 0/1"),
+    (["model.support=[[1,2,0],[0,1,0],[0,0,1]]"], 2, "must contain only 0 and 1"),
+    (["model.support=[[0,0,0],[0,0,0],[0,0,0]]"], 2, "is empty"),
+    (["dataset.image_size=[28,32]"], 2, "group=c4 rotates by 90° and needs square images, got 28×32"),
+    (["mode=equivariant", "dataset.image_size=30"], 2, "mode=equivariant needs an exactly equivariant network"),
+    (["dataset.image_size=8"], 2, "a single c4-orbit of positions"),
+    (["augment=mixup"], 2, "augment='mixup' is not valid: use one of random, orbit"),
+]
+
+
+@pytest.mark.parametrize("overrides,code,message", BAD_INPUT, ids=[" ".join(o) for o, _, _ in BAD_INPUT])
+def test_bad_input_one_line_and_exit_code(tmp_path, monkeypatch, capsys, overrides, code, message):
+    got, err = cli(tmp_path, monkeypatch, capsys, *QUICK, *overrides)
+    assert got == code
+    assert message in err
+    if code == 2:  # our own errors: exactly one line
+        assert err.strip().count("\n") == 0 and err.startswith("eqtrain: error: ")
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))  # nothing half-written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu(tmp_path, monkeypatch, capsys):
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, "device=cuda")
+    assert code == 2 and "device='cuda' is not valid: no CUDA GPU is visible" in err
+
+
+def test_missing_data_files(tmp_path, monkeypatch, capsys):
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, "dataset=mnist", f"dataset.data_dir={tmp_path}/none")
+    assert code == 2
+    assert f"put the IDX files (train-images-idx3-ubyte, ...) in {tmp_path}/none/MNIST/raw/" in err
+    assert "dataset=digits works offline" in err
+
+
+def test_download_without_network_fails_fast(tmp_path, monkeypatch, capsys):
+    start = time.monotonic()
+    code, err = cli(
+        tmp_path,
+        monkeypatch,
+        capsys,
+        *QUICK,
+        "dataset=kmnist",
+        "dataset.download=true",
+        f"dataset.data_dir={tmp_path}/d",
+    )
+    assert code == 2 and "dataset=kmnist" in err and "dataset=digits works offline" in err
+    assert time.monotonic() - start < 60
+
+
+def test_output_directory_not_writable(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a_file").write_text("")
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={tmp_path}/a_file/run")
+    assert code == 2 and "hydra.run.dir=" in err and "is not writable" in err
+
+
+def test_resume_needs_a_checkpoint_of_the_same_config(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"resume={empty}")
+    assert code == 2 and "resume: no checkpoint.pt in" in err
+    run = tmp_path / "run"
+    assert cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={run}")[0] == 0
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, "lr=0.5", f"resume={run}")
+    assert code == 2 and "written by a different config" in err and "force_resume=true" in err
+    assert cli(tmp_path, monkeypatch, capsys, *QUICK, "lr=0.5", f"resume={run}", "force_resume=true")[0] == 0
+
+
+def test_a_run_never_overwrites_another(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={run}")[0] == 0
+    before = (run / "metrics.json").read_text()
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={run}", "seed=3")
+    assert code == 2 and "already holds a run" in err
+    assert (run / "metrics.json").read_text() == before
+
+
+def test_divergence_stops_flushes_and_records_the_step(run_train):
+    run = run_train(*TINY, "mode=nominal", "lr=1e38", "max_steps=50")
+    m = run.metrics()
+    assert m["status"] == "diverged" and m["steps"] == 1
+    steps, _ = run.scalars("loss/data")
+    assert steps == [0]  # the event file holds everything up to the failed step
+    assert json.loads((run.dir / "metrics.json").read_text())["dist_to_E/total"] in ("nan", "inf")
+    if (run.dir / "checkpoint.pt").exists():  # only ever a finite state
+        state = torch.load(run.dir / "checkpoint.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_divergence_keeps_the_sweep_going(tmp_path):
+    proc = subprocess.run(
+        [EQTRAIN, "-m", *QUICK, "mode=nominal", "lr=1e38,0.05", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").rglob("metrics.json"))
+    assert statuses == ["completed", "diverged"]
+
+
+# -- interruption and exact resume ------------------------------------------------------------
+
+LONG = ["dataset.train_limit=1000", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
+
+
+def per_step(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: ([e.step for e in acc.Scalars(t)], [e.value for e in acc.Scalars(t)]) for t in acc.Tags()["scalars"]}
+
+
+def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([EQTRAIN, *LONG, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
+
+    proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists():  # the first epoch's checkpoint: now in epoch 2
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    interrupted = json.loads((killed / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted"
+    stopped_at = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert 1000 < stopped_at < 2000  # mid-epoch (epochs are 1000 steps)
+
+    subprocess.run(
+        [EQTRAIN, *LONG, f"hydra.run.dir={killed}", "resume=true"], cwd=tmp_path, check=True, capture_output=True
+    )
+    assert (killed / "metrics.json").read_text() == (reference / "metrics.json").read_text()
+    final_ref = torch.load(reference / "weights.pt", weights_only=True)["weights"]
+    final_resumed = torch.load(killed / "weights.pt", weights_only=True)["weights"]
+    assert all(torch.equal(a, b) for a, b in zip(final_ref, final_resumed))
+    # The curves: no duplicated or missing steps, and the same values as the uninterrupted run.
+    ref_curves, resumed_curves = per_step(reference), per_step(killed)
+    assert ref_curves.keys() == resumed_curves.keys()
+    for tag, (steps, values) in ref_curves.items():
+        assert resumed_curves[tag] == (steps, values), tag
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR2])
+def test_other_stop_signals_checkpoint_too(tmp_path, sig):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={run}"], cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("events.out.tfevents.*")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 128 + sig
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > 0
+
+
+def test_same_config_same_metrics_across_processes(tmp_path):
+    for name in ("a", "b"):
+        subprocess.run([EQTRAIN, *QUICK, "max_steps=15", f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, check=True)
+    assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+
+
+def test_resume_auto_starts_fresh_or_continues(run_train, tmp_path):
+    first = run_train(*TINY, "max_steps=5", "resume=auto")
+    assert first.metrics()["status"] == "completed"
+    os.remove(first.dir / "metrics.json")
+    run_train(*TINY, "max_steps=5", f"resume={first.dir}")  # resume=<dir> writes into <dir>
+    assert json.loads((first.dir / "metrics.json").read_text())["steps"] == 5
