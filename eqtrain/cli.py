@@ -8,6 +8,7 @@ the job fails but the launcher goes on with the others; Hydra reports the failur
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 import eqtrain  # noqa: F401  (registers the structured config schema)
 
@@ -51,10 +52,39 @@ class OutputDirCheck(Callback):
             fail(f"{key}={directory!r} is not writable ({err.strerror}); pass a writable {key}=...")
 
 
+def adapt_to_launcher(cfg: DictConfig) -> None:
+    """Launcher-dependent defaults, said out loud in configs/hydra/launcher/*.yaml.
+
+    - joblib (``hydra/launcher=parallel``): n_jobs jobs share the cores, so each job gets
+      cpu_count // n_jobs torch threads unless ``threads`` is set.
+    - submitit (SLURM or local): a preempted job is requeued into the same directory, so
+      ``resume`` defaults to ``auto`` (continue from the checkpoint if there is one).
+    """
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    with open_dict(cfg):
+        if "joblib" in target and cfg.threads is None:
+            n_jobs = int(launcher.get("n_jobs", -1))
+            cores = os.cpu_count() or 1
+            cfg.threads = max(1, cores // n_jobs) if n_jobs > 0 else 1
+        if "submitit" in target and cfg.resume is None:
+            cfg.resume = "auto"
+
+
+def objective(result: dict, cfg: DictConfig) -> float:
+    """The value a sweeper optimises: ``search.metric``, minus 1 above the distance bound."""
+    value = float(result.get(cfg.search.metric, float("nan")))
+    bound = cfg.search.max_dist_rel
+    if bound is not None and not float(result.get("dist_to_E_rel/total", float("inf"))) <= bound:
+        value -= 1.0
+    return value
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .train import train  # torch is imported only once Hydra has parsed the command line
 
+    adapt_to_launcher(cfg)
     try:
         result = train(cfg, HydraConfig.get().runtime.output_dir)
     except USER_ERRORS as err:
@@ -62,7 +92,7 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         fail(str(err))
-    return result.get("acc/test_orbit")
+    return objective(result, cfg)
 
 
 if __name__ == "__main__":

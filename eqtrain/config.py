@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 DEFAULT_GAMMA = 1.0  # γ of the regularized modes when ``gamma`` is left unset
 
@@ -73,6 +74,14 @@ class PhaseConfig:
 
 
 @dataclass
+class SearchConfig:
+    """What a hyperparameter search (hparams_search=...) optimises: the value the run returns."""
+
+    metric: str = "acc/test_orbit"
+    max_dist_rel: Optional[float] = None  # runs with a larger final dist_to_E_rel/total score metric - 1
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -96,7 +105,10 @@ class Config:
     resume: Any = None  # null | true (this run dir) | auto (if a checkpoint exists) | <run dir>
     force_resume: bool = False  # resume even from a checkpoint of a different config
     analyze: bool = False  # stability analysis (Hessian on E⊥) at the end of the run
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="eqtrain_schema", node=Config)
+    # ${inv:${batch_size}}: the paper preset's data_scale = 1 / batch_size
+    OmegaConf.register_new_resolver("inv", lambda x: 1.0 / float(x), replace=True)

@@ -1,0 +1,178 @@
+"""Presets, the twin, launchers and the Optuna search (paper reproduction issue)."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from eqtrain.signals import StopSignals
+
+from .conftest import TINY, make_config
+
+EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
+FEW = ["experiment=smoke", "max_steps=4"]
+
+
+def sweep(tmp_path: Path, *args: str, timeout: float = 240) -> list[dict]:
+    proc = subprocess.run(
+        [EQTRAIN, "-m", *args, f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("metrics.json"))]
+
+
+# -- presets ------------------------------------------------------------------------------------
+
+
+def test_paper_preset_is_the_reference_experiment():
+    cfg = make_config("experiment=paper")
+    assert (cfg.dataset.name, cfg.model.name, cfg.group.name) == ("mnist", "paper_cnn", "c4")
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment) == (1e-3, 10, 10, "random")
+    assert cfg.dataset.shuffle is False and cfg.init.scheme == "perturbed_equivariant" and cfg.init.sigma == 1e-3
+    assert cfg.data_scale == pytest.approx(0.1)  # SPEC §8: CE_mean / batch_size
+    assert make_config("experiment=paper", "batch_size=20").data_scale == pytest.approx(0.05)
+    assert list(cfg.model.channels) == [16, 16] and cfg.model.kernel_size == 3 and cfg.model.layernorm
+
+
+def test_paper_preset_runs_offline_on_digits_with_the_reference_objective(run_train):
+    run = run_train("experiment=paper", "dataset=digits", "dataset.train_limit=100", "max_steps=5", "gamma=2")
+    assert run.metrics()["hparams"]["data_scale"] == pytest.approx(0.1)
+    _, data = run.scalars("loss/data")
+    _, reg = run.scalars("loss/reg")
+    _, total = run.scalars("loss/total")
+    assert all(t == pytest.approx(d / 10 + r, rel=1e-5) for d, r, t in zip(data, reg, total))
+
+
+def test_named_sweeps_compose():
+    with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
+        cfg = compose("config", ["experiment=paper", "sweep=paper_gammas"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.mode == "nomreg,augreg,equivariant" and params.seed == "range(30)"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+def test_stability_preset_switches_phase_with_continuous_weights(run_train):
+    """Phase 1 equivariant, phase 2 orbit-augmented from exactly those weights (SPEC §8, §5.2).
+
+    An equivariant twin trained on the same batches equals the model exactly through phase 1;
+    if the switch did not carry A over, twin/dist would jump at the first step of phase 2.
+    """
+    steps_per_epoch = 10
+    run = run_train(
+        "experiment=stability", "dataset=digits", *TINY, "batch_size=10", "model.channels=[8,8,8]",
+        "phases.0.epochs=1", "phases.1.epochs=1", "twin=true", "dtype=float64",
+    )  # fmt: skip
+    steps, twin = run.scalars("twin/dist")
+    assert steps == list(range(2 * steps_per_epoch))
+    assert max(twin[: steps_per_epoch + 1]) == 0.0  # identical up to and including the switch
+    assert max(twin) < 1e-10  # and SPEC §5.2 afterwards (compatible support)
+    _, rel = run.scalars("dist_to_E_rel/total")
+    assert max(rel) < 1e-12
+    assert run.metrics()["hparams"]["mode"] == "equivariant>augmented"
+
+
+def test_stability_preset_with_skewed_support_leaves_e_in_phase_two(run_train):
+    run = run_train(
+        "experiment=stability", "dataset=digits", *TINY, "batch_size=10", "model.channels=[8,8,8]", "model.support=skewed",
+        "phases.0.epochs=1", "phases.1.epochs=1",
+    )  # fmt: skip
+    _, rel = run.scalars("dist_to_E_rel/total")
+    assert max(rel[:10]) < 1e-6 and rel[-1] > 1e-3  # on E while equivariant, off E after (SPEC §5.5)
+
+
+# -- the twin -----------------------------------------------------------------------------------
+
+
+def test_twin_of_an_equivariant_run_is_itself(run_train):
+    _, twin = run_train(*TINY, "mode=equivariant", "twin=true", "max_steps=10").scalars("twin/dist")
+    assert twin == [0.0] * 10
+
+
+def test_twin_tracks_orbit_augmented_training_from_e(run_train):
+    """SPEC §5.2 over a short horizon in float64 (the dynamics amplify round-off)."""
+    run = run_train(
+        *TINY,
+        "mode=augmented",
+        "augment=orbit",
+        "init.sigma=0",
+        "twin=true",
+        "max_steps=30",
+        "lr=0.01",
+        "dtype=float64",
+    )
+    _, twin = run.scalars("twin/dist")
+    assert max(twin) < 1e-12
+
+
+def test_twin_separates_from_nominal_training(run_train):
+    _, twin = run_train(*TINY, "mode=nominal", "init.sigma=0", "twin=true", "max_steps=10").scalars("twin/dist")
+    assert twin[0] == 0.0 and twin[-1] > 1e-3
+
+
+# -- launchers and search ----------------------------------------------------------------------
+
+
+def test_joblib_sweep_runs_every_job_with_threads_per_job(tmp_path):
+    results = sweep(tmp_path, *FEW, "hydra/launcher=parallel", "mode=nomreg,augreg", "gamma=0.1,1", "seed=0,1")
+    assert len(results) == 8 and all(r["status"] == "completed" for r in results)
+    assert sorted({(r["hparams"]["mode"], r["hparams"]["gamma"]) for r in results}) == [
+        ("augreg", 0.1), ("augreg", 1.0), ("nomreg", 0.1), ("nomreg", 1.0),
+    ]  # fmt: skip
+    threads = {p.read_text().split("threads: ")[1].split()[0] for p in (tmp_path / "sweep").glob("*/config.yaml")}
+    assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
+    names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert names[0] == "0_gamma=0.1,max_steps=4,mode=nomreg,seed=0"  # job directories named by overrides
+
+
+def test_submitit_local_runs_a_job_that_resumes_by_default(tmp_path):
+    (result,) = sweep(tmp_path, *FEW, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
+    assert result["status"] == "completed"
+    (config,) = (tmp_path / "sweep").glob("*/config.yaml")
+    assert "resume: auto" in config.read_text()
+
+
+def test_optuna_searches_gamma_and_returns_the_objective(tmp_path):
+    proc = subprocess.run(
+        [EQTRAIN, "hparams_search=gamma_optuna", *FEW, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/s"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = (tmp_path / "s" / "optimization_results.yaml").read_text()
+    assert "best_params:" in best and "gamma:" in best
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "s").rglob("metrics.json")]
+    assert len(runs) == 2
+    value = float(best.split("best_value:")[1].split()[0])
+    scores = [r["acc/test_orbit"] - (0 if r["dist_to_E_rel/total"] <= 0.05 else 1) for r in runs]
+    assert math.isclose(value, max(scores), rel_tol=1e-9)
+
+
+def test_stop_signal_hands_over_to_the_previous_handler_after_the_checkpoint():
+    """Under submitit, SIGUSR2 must reach submitit's own handler (which requeues the job)."""
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: calls.append(s))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.requested and calls == []  # only the flag while the loop checkpoints
+            with pytest.raises(SystemExit) as exc:
+                stop.hand_over()
+        assert calls == [signal.SIGUSR2] and exc.value.code == 128 + signal.SIGUSR2
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_checkpoints_load_weights_only(run_train):
+    run = run_train(*TINY, "max_steps=3")
+    state = torch.load(run.dir / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and isinstance(state["config_hash"], str)
