@@ -25,7 +25,7 @@ from .group import Group
 from .init import initial_weights
 from .logger import RunLogger
 from .model import build_model
-from .train import sgd_step
+from .train import PlainSGD, sgd_step, step_row, step_tags
 
 # (name, augment kind or None, constrain, regularize)
 VARIANTS = [
@@ -72,12 +72,12 @@ def make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, logdir):
     group = Group.from_name("c4")
     model = build_model(ModelConfig(), group, (1, 28, 28), 10, constrain)
     model.set_weights(initial_weights(model, "perturbed_equivariant", 1e-3, 0))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = PlainSGD(model.parameters(), lr=1e-3)
     augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
     gen = torch.Generator().manual_seed(0)
     logger = RunLogger(logdir)
     gamma = 0.1 if regularize else 0.0
-    zero = torch.zeros(())
+    tags = step_tags(model)
     n = len(y_all)
 
     def step(i: int) -> None:
@@ -87,8 +87,7 @@ def make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, logdir):
             x, y = augmenter(x, y, augmenter.sample(batch, gen) if augment == "random" else None)
         loss, dist = sgd_step(model, opt, x, y, gamma)
         with torch.no_grad():
-            reg = 0.5 * gamma * dist["dist_to_E/total"] ** 2 if gamma else zero
-            logger.log_step(i, {"loss/data": loss, "loss/reg": reg, "loss/total": loss + reg, **dist})
+            logger.log_step(i, tags, step_row(loss, dist, gamma, 1.0))
 
     return step, logger
 

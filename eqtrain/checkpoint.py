@@ -1,6 +1,6 @@
 """Checkpoints: everything needed to continue a run bit for bit (robustness issue).
 
-A checkpoint holds the parameters of the model (and of the twin), the optimizer states, every
+A checkpoint holds the parameters of the model (and of the twin; plain SGD has no state), every
 random generator's state, the current epoch's data order and the position in it, the step, the
 phase and a hash of the config. It is written atomically (temp file + rename), so an interrupted
 write never leaves a broken checkpoint, and loaded with ``weights_only=True``.

@@ -9,19 +9,25 @@ from .group import Group
 from .model import EqCNN
 
 
-def distance_to_e(names: list[str], weights: list[torch.Tensor], perps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``dist_to_E/<layer>``, ``dist_to_E/total`` and ``dist_to_E_rel/total`` as 0-d tensors.
+def distance_tags(layer_names: list[str]) -> list[str]:
+    """The tags of ``distance_vector``'s entries, in order."""
+    return [f"dist_to_E/{n}" for n in layer_names] + ["dist_to_E/total", "dist_to_E_rel/total"]
 
-    Returned as tensors (no ``.item()``) so the per-step log does not force a device sync.
+
+def distance_vector(weights: list[torch.Tensor], perps: list[torch.Tensor]) -> torch.Tensor:
+    """‖Π_{E⊥}A_i‖ per layer, then ‖Π_{E⊥}A‖ and ‖Π_{E⊥}A‖/‖A‖, as one tensor (SPEC §7).
+
+    Few kernels (this runs every step) and no ``.item()``: the log must not force a device sync.
     """
-    sq = torch.stack([p.pow(2).sum() for p in perps])
-    norm_sq = torch.stack([a.pow(2).sum() for a in weights]).sum()
-    dists = sq.sqrt()
-    out = {f"dist_to_E/{n}": d for n, d in zip(names, dists)}
-    total = sq.sum().sqrt()
-    out["dist_to_E/total"] = total
-    out["dist_to_E_rel/total"] = total / norm_sq.sqrt()
-    return out
+    n = len(perps)
+    norms = torch.stack(torch._foreach_norm([*perps, *weights]))  # (2n,): ‖Π_{E⊥}A_i‖, then ‖A_i‖
+    totals = torch.linalg.vector_norm(norms.view(2, n), dim=1)  # (‖Π_{E⊥}A‖, ‖A‖)
+    return torch.cat([norms[:n], totals[:1], totals[:1] / totals[1:]])
+
+
+def distance_to_e(names: list[str], weights: list[torch.Tensor], perps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``distance_vector`` as a dict keyed by its tags."""
+    return dict(zip(distance_tags(names), distance_vector(weights, perps)))
 
 
 @torch.no_grad()

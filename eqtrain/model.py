@@ -129,7 +129,6 @@ class EqCNN(nn.Module):
         # Biases are per channel / per class, hence already invariant (SPEC §1): not part of A.
         sizes = [*arch.channels, arch.n_classes][:n_bias]
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(c, dtype=dtype)) for c in sizes])
-        self._act = ACTIVATIONS[arch.activation]
 
     @staticmethod
     def _check(arch: Architecture, group: Group, constrain: bool) -> None:
@@ -180,19 +179,24 @@ class EqCNN(nn.Module):
         return sum(m.theta.shape[0] * m.theta.shape[1] * s.orbits_in_e for m, s in zip(self.maps, self.spaces))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arch = self.arch
-        weights = self.weights()
-        k = arch.kernel_size
-        for i, a in enumerate(weights[:-1]):
-            bias = self.biases[i] if arch.bias else None
-            x = F.conv2d(x, a.view(a.shape[0], a.shape[1], k, k), bias, arch.stride[i], k // 2)
-            if arch.pool[i] > 1:
-                x = F.avg_pool2d(x, arch.pool[i])
-            x = self._act(x)
-            if arch.layernorm:
-                x = F.layer_norm(x, x.shape[-2:])
-        head = weights[-1]
-        return F.linear(x.flatten(1), head.reshape(head.shape[0], -1), self.biases[-1] if arch.bias else None)
+        return logits_at(self.arch, self.weights(), x, list(self.biases) if self.arch.bias else None)
+
+
+def logits_at(
+    arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The network of ``arch`` at weights A (one (out, in, s) tensor per layer): the forward pass."""
+    k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
+    for i, a in enumerate(weights[:-1]):
+        bias = biases[i] if biases is not None else None
+        x = F.conv2d(x, a.reshape(a.shape[0], a.shape[1], k, k), bias, arch.stride[i], k // 2)
+        if arch.pool[i] > 1:
+            x = F.avg_pool2d(x, arch.pool[i])
+        x = act(x)
+        if arch.layernorm:
+            x = F.layer_norm(x, x.shape[-2:])
+    head = weights[-1]
+    return F.linear(x.flatten(1), head.reshape(head.shape[0], -1), biases[-1] if biases is not None else None)
 
 
 def build_model(model_cfg, group: Group, in_shape, n_classes: int, constrain: bool, dtype=torch.float32) -> EqCNN:

@@ -77,4 +77,5 @@ class LayerSpace(nn.Module):
         return a @ self.p_e
 
     def project_perp(self, a: torch.Tensor) -> torch.Tensor:
-        return a - a @ self.p_e
+        flat = a.reshape(-1, self.size)
+        return torch.addmm(flat, flat, self.p_e, alpha=-1).view(a.shape)  # a − a·P_E in one kernel

@@ -8,14 +8,15 @@ E, H_E = Π_E ∇²R^aug Π_E, tells whether A* is stable for the equivariant fl
 
 Geometry: weight space with the Frobenius inner product, restricted to L (the orthogonal
 parametrization of SPEC §3), so "E⊥" below means L ∩ E⊥ = range(Π_L − Π_E). The extreme
-eigenvalues come from Lanczos with full reorthogonalization on Hessian–vector products
-(double backward, over data chunks) — never a dense
-Hessian. Everything is computed in float64 by default; the projections are rebuilt in that dtype.
+eigenvalues come from Lanczos with full reorthogonalization on Hessian–vector products (double
+backward, over data chunks) — never a dense Hessian. Everything is computed in float64 by
+default, with the projections rebuilt in that dtype.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -23,35 +24,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
 from .augment import Augmenter
 from .data import Data, DataUnavailable
 from .group import Group
 from .logger import RunLogger, write_json
-from .model import ACTIVATIONS, Architecture, EqCNN
+from .model import EqCNN, logits_at
 from .projection import LayerSpace
+
+log = logging.getLogger(__name__)
 
 STABILITY_FILE = "stability.json"
 TB_TAGS = ("lambda_min_perp", "lambda_max_perp", "gamma_crit", "gamma_max", "lambda_min_E", "grad_norm")
 
 Weights = list[torch.Tensor]
-
-
-def logits_at(
-    arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
-) -> torch.Tensor:
-    """The network's logits at arbitrary weights A — the same ops as ``EqCNN.forward``."""
-    k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
-    for i, a in enumerate(weights[:-1]):
-        bias = biases[i] if biases is not None else None
-        x = F.conv2d(x, a.reshape(a.shape[0], a.shape[1], k, k), bias, arch.stride[i], k // 2)
-        if arch.pool[i] > 1:
-            x = F.avg_pool2d(x, arch.pool[i])
-        x = act(x)
-        if arch.layernorm:
-            x = F.layer_norm(x, x.shape[-2:])
-    head = weights[-1]
-    return F.linear(x.flatten(1), head.reshape(head.shape[0], -1), biases[-1] if biases is not None else None)
 
 
 class AugmentedRisk:
@@ -69,7 +57,7 @@ class AugmentedRisk:
         group: Group,
         dtype: torch.dtype = torch.float64,
         data_scale: float = 1.0,
-        chunk: int = 512,
+        chunk: int = 256,
     ) -> None:
         self.arch, self.group, self.data_scale, self.chunk = model.arch, group, data_scale, chunk
         with torch.no_grad():
@@ -220,6 +208,13 @@ def extreme_eigenvalues(
     }
 
 
+def _orthonormal_rows(basis: torch.Tensor | None) -> bool:
+    if basis is None:
+        return True
+    gram = basis.double() @ basis.double().T
+    return bool(torch.allclose(gram, torch.eye(len(gram), dtype=gram.dtype, device=gram.device), atol=1e-6))
+
+
 def analyze(
     model: EqCNN,
     data: Data,
@@ -231,19 +226,28 @@ def analyze(
     data_scale: float = 1.0,
     dtype: torch.dtype = torch.float64,
     rtol: float = 1e-6,
+    chunk: int = 256,
 ) -> dict[str, object]:
     """H_⊥ and H_E of R^aug at the model's weights on the first ``samples`` training images.
 
     Returns λ_min/λ_max of both blocks, γ_crit = max(0, −λ_min⊥), γ_max = 2/lr − λ_max⊥ (the
     window of plain SGD with step lr, SPEC §5.4), the gradient norms (how far from stationary),
     the distance to E, and the two stability verdicts (a λ_min ≥ −rtol·max|λ| counts as ≥ 0).
+    ``chunk`` bounds the augmented images per double-backward pass (memory, not the result).
     """
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr={lr!r} is not valid: use a finite number > 0")
     if samples < 1 or iterations < 1:
         raise ValueError(f"samples={samples} and iterations={iterations} must be positive ints")
     samples = min(samples, len(data.y_train))
-    risk = AugmentedRisk(model, data.x_train[:samples], data.y_train[:samples], group, dtype, data_scale)
+    orthogonal = all(_orthonormal_rows(m.basis) for m in model.maps)
+    if not orthogonal:
+        log.warning(
+            "model.parametrization is not orthogonal: SGD on its coordinates follows another geometry than "
+            "the weight-space Hessian analysed here, so the gamma window of SPEC §5.4 is only indicative (§3)"
+        )
+    x, y = data.x_train[:samples], data.y_train[:samples]
+    risk = AugmentedRisk(model, x, y, group, dtype, data_scale, chunk)
     dim_e, dim_perp = risk.dims()
     perp = extreme_eigenvalues(risk.hvp, risk.project_perp, risk.point, min(iterations, dim_perp), seed)
     on_e = extreme_eigenvalues(risk.hvp, risk.project_e, risk.point, min(iterations, dim_e), seed)
@@ -274,6 +278,7 @@ def analyze(
         "loss_aug": loss,
         "dist_to_E": dist,
         "dist_to_E_rel": dist / norm if norm else 0.0,
+        "orthogonal_parametrization": orthogonal,
         "lr": lr,
         "data_scale": data_scale,
         "samples": samples,
@@ -301,39 +306,41 @@ def analyze_run(
 ) -> dict[str, object]:
     """``analyze``, then write RUN_DIR/stability.json and the ``stability/*`` scalars at ``step``.
 
-    With an open ``logger`` the scalars go through it; otherwise a fresh event file is added to
-    ``run_dir`` (TensorBoard reads all the event files of a directory as one run).
+    With an open ``logger`` the scalars go through it; otherwise a new event file is added.
     """
     result = analyze(model, data, group, lr, samples, iterations, seed, data_scale)
     result["step"] = step
     write_json(Path(run_dir) / STABILITY_FILE, result)
     scalars = {f"stability/{tag}": float(result[tag]) for tag in TB_TAGS}
-    if logger is not None:
-        logger.log(step, scalars)
-    else:
-        own = RunLogger(run_dir)
-        own.log(step, scalars)
-        own.close()
+    own = logger is None  # else a new event file: TensorBoard reads all of a directory's files as one run
+    logger = RunLogger(run_dir) if own else logger
+    logger.log(step, scalars)
+    if own:
+        logger.close()
     return result
 
 
 def summary(result: dict[str, object]) -> str:
-    """A few lines a person can read: the verdicts and the γ window."""
+    """A few lines a person can read: the two verdicts and the window of γ."""
     r = result
     lo, hi = r["gamma_crit"], r["gamma_max"]
-    window = f"({lo:.4g}, {hi:.4g})" if lo < hi else f"empty: gamma_crit {lo:.4g} >= gamma_max {hi:.4g}"
+    window = f"({lo:.4g}, {hi:.4g})" if lo < hi else f"empty (gamma_crit {lo:.4g} >= gamma_max {hi:.4g})"
+    scaled = f"{r['data_scale']:g}·" if r["data_scale"] != 1 else ""
+    yes = {True: "yes", False: "no"}
     return "\n".join(
         [
-            f"Hessian of R^aug on {r['samples']} images x every g, {r['iterations']} Lanczos steps "
+            f"Hessian of {scaled}R^aug on {r['samples']} images x all of G, {r['iterations']} Lanczos steps "
             f"(dim E = {r['dim_E']}, dim E-perp = {r['dim_perp']}):",
             f"  on E-perp: lambda_min {r['lambda_min_perp']:.4g}, lambda_max {r['lambda_max_perp']:.4g}",
             f"  on E:      lambda_min {r['lambda_min_E']:.4g}, lambda_max {r['lambda_max_E']:.4g}",
-            f"  |grad R^aug| {r['grad_norm']:.3g} (E part {r['grad_norm_E']:.3g}), dist to E {r['dist_to_E']:.3g}",
-            f"E attracts augreg iff gamma > gamma_crit = max(0, -lambda_min_perp) = {lo:.4g}; SGD with "
-            f"lr {r['lr']:g} needs gamma < gamma_max = 2/lr - lambda_max_perp = {hi:.4g}.",
+            f"  |grad R^aug| {r['grad_norm']:.3g} (E part {r['grad_norm_E']:.3g}; the analysis assumes a "
+            f"stationary point of the equivariant flow), dist to E {r['dist_to_E']:.3g}",
+            f"augreg pulls the weights back to E iff gamma > gamma_crit = max(0, -lambda_min_perp) = {lo:.4g};",
+            f"SGD with lr {r['lr']:g} also needs gamma < gamma_max = 2/lr - lambda_max_perp = {hi:.4g} "
+            "(larger gamma overshoots and oscillates away from E).",
             f"Stable window for gamma: {window}.",
-            f"Stable for the equivariant flow: {'yes' if r['stable_for_equivariant'] else 'no'}; "
-            f"for the augmented flow (gamma = 0): {'yes' if r['stable_for_augmented'] else 'no'}.",
+            f"Stable for the equivariant flow: {yes[r['stable_for_equivariant']]}; "
+            f"for the augmented flow (gamma = 0): {yes[r['stable_for_augmented']]}.",
         ]
     )
 
@@ -341,49 +348,59 @@ def summary(result: dict[str, object]) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eqtrain-analyze",
-        description="Stability of E at a finished run's weights: extreme eigenvalues of the Hessian of "
-        "R^aug on E-perp and on E, gamma_crit and the SGD window (SPEC §5.4). Writes RUN_DIR/stability.json "
-        "and stability/* scalars to the run's TensorBoard.",
+        description="Stability of E at a finished run's weights: extreme eigenvalues of the Hessian of R^aug "
+        "on E-perp and on E, gamma_crit and the SGD window (SPEC §5.4). Writes RUN_DIR/stability.json and "
+        "stability/* scalars to the run's TensorBoard.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished eqtrain run directory")
     parser.add_argument("--samples", type=int, default=256, help="first N training images (default 256)")
     parser.add_argument("--iterations", type=int, default=40, help="Lanczos steps per block (default 40)")
     parser.add_argument("--lr", type=float, default=None, help="step size of the window (default: the run's lr)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector (default 0)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default cpu)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``eqtrain-analyze RUN_DIR [--samples N] [--iterations K] [--lr LR]``; 0 on success, 2 on a bad input."""
     args = _parser().parse_args(argv)
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .rundir import restore
+    from .rundir import restore  # imports the training module: only once the command line parsed
     from .train import WEIGHTS_FILE
 
-    try:
-        if args.samples < 1 or args.iterations < 1:
-            raise ValueError(f"--samples={args.samples} and --iterations={args.iterations} must be positive")
-        restored = restore(args.run_dir, args.device)
-        step = int(torch.load(Path(args.run_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)["step"])
-        lr = restored.cfg.lr if args.lr is None else args.lr
-        result = analyze_run(
-            restored.model,
-            restored.data,
-            restored.group,
-            lr,
-            args.run_dir,
-            step,
-            samples=args.samples,
-            iterations=args.iterations,
-            seed=args.seed,
-            data_scale=restored.cfg.data_scale,
-        )
-    except (OSError, ValueError, KeyError, DataUnavailable, OmegaConfBaseException) as err:
-        print(f"eqtrain-analyze: error: {err}", file=sys.stderr)
+    def fail(message: str) -> int:
+        print("eqtrain-analyze: error: " + " ".join(message.split()), file=sys.stderr)  # one line
         return 2
+
+    if args.samples < 1 or args.iterations < 1:
+        return fail(f"--samples={args.samples} and --iterations={args.iterations} must be positive ints")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device=cuda is not valid: no CUDA GPU is visible to torch; use --device cpu")
+    run_dir = Path(args.run_dir)
+    try:
+        restored = restore(run_dir, args.device)
+        step = int(torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)["step"])
+    except (OSError, ValueError, KeyError, RuntimeError, DataUnavailable, OmegaConfBaseException, YAMLError) as err:
+        # A directory that is not a finished run: missing or unreadable config.yaml / weights.pt.
+        return fail(
+            str(err) if isinstance(err, FileNotFoundError) else f"cannot restore the run in {str(run_dir)!r}: {err}"
+        )
+    lr = restored.cfg.lr if args.lr is None else args.lr
+    if not (math.isfinite(lr) and lr > 0):
+        return fail(f"--lr={lr!r} is not valid: use a finite number > 0")
+    result = analyze_run(
+        restored.model,
+        restored.data,
+        restored.group,
+        lr,
+        run_dir,
+        step,
+        samples=args.samples,
+        iterations=args.iterations,
+        seed=args.seed,
+        data_scale=restored.cfg.data_scale,
+    )
     print(summary(result))
-    print(f"-> {Path(args.run_dir) / STABILITY_FILE}")
+    print(f"-> {run_dir / STABILITY_FILE}")
     return 0
 
 

@@ -28,7 +28,7 @@ from .data import Data, load_dataset
 from .group import Group
 from .init import initial_weights
 from .logger import Progress, RunLogger, write_json
-from .metrics import distance_to_e, evaluate
+from .metrics import distance_tags, distance_to_e, distance_vector, evaluate
 from .model import EqCNN, build_model
 from .modes import MODES
 from .settings import ConfigError, Phase, Settings, hparams_of, validate
@@ -42,19 +42,41 @@ METRICS_FILE = "metrics.json"
 HPARAM_METRICS = ["acc/test", "acc/test_orbit", "dist_to_E/total", "dist_to_E_rel/total", "equiv/test_error"]
 
 
+class PlainSGD:
+    """Plain SGD, θ ← θ − lr·∇θ, as one fused kernel over all parameters.
+
+    The same arithmetic as ``torch.optim.SGD`` without momentum or weight decay (which also ends
+    in ``torch._foreach_add_``), minus ~60 µs of per-step bookkeeping — a twentieth of a step of
+    the paper's CNN. It has no state, so checkpoints need nothing from it.
+    """
+
+    def __init__(self, params, lr: float) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr = lr
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params = [p for p in self.params if p.grad is not None]
+        torch._foreach_add_(params, [p.grad for p in params], alpha=-self.lr)
+
+
 def sgd_step(
     model: EqCNN,
-    optimizer: torch.optim.Optimizer,
+    optimizer: PlainSGD,
     x: torch.Tensor,
     y: torch.Tensor,
     gamma: float,
     data_scale: float = 1.0,
     measure: bool = True,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One SGD step on data_scale·R(A) + γΓ(A) (γ = 0: no regularizer) for the batch (x, y).
 
-    Returns the data loss R and, if ``measure``, the SPEC §7 distances of A *before* the update
-    (0-d tensors). A non-finite loss returns at once, without updating.
+    Returns the data loss R and, if ``measure``, ``distance_vector`` of A *before* the update.
+    A non-finite loss returns at once, without updating.
     """
     loss = F.cross_entropy(model(x), y)
     if not torch.isfinite(loss):
@@ -66,12 +88,24 @@ def sgd_step(
         with torch.no_grad():
             weights = model.weights()
             perps = model.perp(weights)
-            for m, p in zip(model.maps, perps) if gamma else ():
-                m.theta.grad.add_(m.pull_back(p), alpha=gamma)  # ∇(γΓ) = γ Π_{E⊥}A (SPEC §4)
+            if gamma:  # ∇(γΓ) = γ Π_{E⊥}A, pulled back to θ (SPEC §4)
+                grads = [m.theta.grad for m in model.maps]
+                torch._foreach_add_(grads, [m.pull_back(p) for m, p in zip(model.maps, perps)], alpha=gamma)
             if measure:  # before the update: for identity parametrizations `weights` aliases θ
-                dist = distance_to_e(model.layer_names, weights, perps)
+                dist = distance_vector(weights, perps)
     optimizer.step()
     return loss, dist
+
+
+def step_tags(model: EqCNN) -> tuple[str, ...]:
+    return ("loss/data", "loss/reg", "loss/total", *distance_tags(model.layer_names))
+
+
+def step_row(loss: torch.Tensor, dist: torch.Tensor, gamma: float, data_scale: float) -> torch.Tensor:
+    """The per-step scalars in ``step_tags`` order: R, γΓ = γ/2·d², data_scale·R + γΓ, distances."""
+    reg = dist[-2:-1].square().mul_(0.5 * gamma)
+    data = loss.view(1)
+    return torch.cat([data, reg, data * data_scale + reg if data_scale != 1 else data + reg, dist])
 
 
 def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: Data, weights) -> EqCNN:
@@ -138,12 +172,8 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         order_gen.set_state(ckpt["order_gen"])
         aug_gen.set_state(ckpt["aug_gen"])
         log.info("resuming %s at step %d (epoch %d, phase %d)", run_dir, step, epoch, phase_idx)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    twin_opt = torch.optim.SGD(twin.parameters(), lr=cfg.lr) if twin is not None else None
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if twin_opt is not None:
-            twin_opt.load_state_dict(ckpt["twin_optimizer"])
+    optimizer = PlainSGD(model.parameters(), lr=cfg.lr)
+    twin_opt = PlainSGD(twin.parameters(), lr=cfg.lr) if twin is not None else None
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -166,9 +196,7 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         save_checkpoint(run_dir, {
             "config_hash": digest, "step": step, "epoch": epoch, "position": position, "phase": phase_idx,
             "order": order.cpu() if order is not None else torch.zeros(0, dtype=torch.long),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "twin": twin.state_dict() if twin is not None else {},
-            "twin_optimizer": twin_opt.state_dict() if twin_opt is not None else {},
+            "model": model.state_dict(), "twin": twin.state_dict() if twin is not None else {},
             "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(),
         })  # fmt: skip
 
@@ -178,13 +206,13 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
     if step == 0 and ckpt is None:
         metrics, evaluated_at = evaluate(model, data, group), 0
         logger.log(0, metrics)
-    zero = torch.zeros((), device=device, dtype=settings.dtype)
+    tags = step_tags(model)
     with StopSignals() as stop:
         while step < total and status == "completed":
             if phase_at(epoch) != phase_idx:  # a new phase: same weights A, new switches
                 phase_idx = phase_at(epoch)
                 model = build_for_phase(cfg, settings, phases[phase_idx], group, data, model.weights())
-                optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+                optimizer = PlainSGD(model.parameters(), lr=cfg.lr)
                 log.info("phase %d: mode=%s from step %d", phase_idx, phases[phase_idx].mode, step)
             phase = phases[phase_idx]
             augmenter = Augmenter(group, phase.augment, *data.image_shape[1:], device) if phase.dyn.augment else None
@@ -211,17 +239,17 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
                     break
                 if twin is not None:
                     sgd_step(twin, twin_opt, x, y, 0.0, cfg.data_scale, measure=False)
-                if log_now and not torch.isfinite(dist["dist_to_E/total"]):
+                if log_now and not torch.isfinite(dist[-2]):
                     status = "diverged"  # the weights are finite but so large that their norm overflows
                     log.error("diverged at step %d: the distance to E overflows; lower lr or gamma", step)
                     break
                 if log_now:
-                    reg = 0.5 * phase_gamma * dist["dist_to_E/total"] ** 2 if phase_gamma else zero
-                    scalars = {"loss/data": loss, "loss/reg": reg, "loss/total": loss * cfg.data_scale + reg, **dist}
-                    if twin is not None:
-                        scalars["twin/dist"] = twin_dist
-                    logger.log_step(step, scalars)
-                    progress.update(epoch, step, loss, dist["dist_to_E/total"])
+                    row = step_row(loss, dist, phase_gamma, cfg.data_scale)
+                    if twin is None:
+                        logger.log_step(step, tags, row)
+                    else:
+                        logger.log_step(step, (*tags, "twin/dist"), torch.cat([row, twin_dist[None]]))
+                    progress.update(epoch, step, loss, dist[-2])
                 position += len(idx)
                 step += 1
                 if stop.requested:
@@ -266,6 +294,10 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
     with torch.no_grad():
         final = {k: v.item() for k, v in distance_to_e(model.layer_names, model.weights(), model.perp()).items()}
     logger.log(step, final)
+    if cfg.analyze and finite:
+        from .stability import analyze_run  # SPEC §5.4: γ_crit and the stable window at the final point
+
+        analyze_run(model, data, group, cfg.lr, run_dir, step, logger=logger, data_scale=cfg.data_scale)
     logger.close()
     if finite:
         save_weights(run_dir / WEIGHTS_FILE, model, step)
