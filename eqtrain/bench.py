@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import tempfile
 import time
@@ -92,6 +93,41 @@ def make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, logdir):
     return step, logger
 
 
+def measure_ensemble(n_seeds: int, batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
+    """Model-steps per second of ``seeds=N`` (one vmapped ensemble) and of N models one after another."""
+    from .ensemble import SeedEnsemble
+
+    group = Group.from_name("c4")
+    model = build_model(ModelConfig(), group, (1, 28, 28), 10, False)
+    starts = [initial_weights(model, "perturbed_equivariant", 1e-3, s) for s in range(n_seeds)]
+    ensemble = SeedEnsemble(model, starts, lr=1e-3, gamma=0.1, data_scale=1.0)
+    x, y = torch.rand(n_seeds, batch, 1, 28, 28), torch.randint(0, 10, (n_seeds, batch))
+    x_all, y_all = x.flatten(0, 1), y.flatten(0, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        singles = [make_eqtrain(x_all, y_all, batch, "random", False, True, f"{tmp}/{k}") for k in range(n_seeds)]
+
+        def together(i: int) -> None:
+            ensemble.step(x, y)
+
+        def apart(i: int) -> None:
+            for step, _ in singles:
+                step(i)
+
+        times: dict[str, list[float]] = {"ensemble": [], "sequential": []}
+        for fn in (together, apart):
+            for i in range(warmup):
+                fn(i)
+        for r in range(rounds):
+            for name, fn in (("ensemble", together), ("sequential", apart)):
+                start = time.perf_counter()
+                for i in range(steps):
+                    fn(r * steps + i)
+                times[name].append((time.perf_counter() - start) / steps)
+        for _, logger in singles:
+            logger.close()
+    return {name: n_seeds / statistics.median(t) for name, t in times.items()}
+
+
 def measure(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
     """Median seconds per step of each variant, interleaved round by round."""
     x_all, y_all = torch.rand(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
@@ -122,10 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=8, help="ensemble size for the seeds=N comparison (0: skip)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu", "results": {}}
+    report["cpu"] = platform.processor() or platform.machine()
     for batch in args.batch:
         med = measure(batch, args.steps, args.rounds, args.warmup)
         floor = med.pop("floor")
@@ -136,6 +174,17 @@ def main(argv: list[str] | None = None) -> None:
         report["results"][str(batch)] = {
             "floor_ms": round(floor * 1e3, 4),
             "ratio_to_floor": {name: round(t / floor, 3) for name, t in med.items()},
+        }
+    if args.seeds:
+        rates = measure_ensemble(args.seeds, 10, max(args.steps // 4, 5), args.rounds, max(args.warmup // 4, 3))
+        print(f"\nseeds={args.seeds}, augreg, batch 10: model-steps/s")
+        print(f"{'ensemble (vmap)':<20}{rates['ensemble']:>10.0f}")
+        print(f"{'sequential':<20}{rates['sequential']:>10.0f}")
+        print(f"{'speed-up':<20}{rates['ensemble'] / rates['sequential']:>10.2f}")
+        report["ensemble"] = {
+            "seeds": args.seeds,
+            "model_steps_per_s": {k: round(v, 1) for k, v in rates.items()},
+            "speedup": round(rates["ensemble"] / rates["sequential"], 3),
         }
     print(json.dumps(report))
 

@@ -90,6 +90,7 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
     gamma: Optional[float] = None  # weight of γΓ; unset = DEFAULT_GAMMA in augreg / nomreg
     seed: int = 0
+    seeds: int = 1  # > 1: train seeds seed .. seed+seeds-1 together as one vectorised ensemble
     epochs: int = 10
     batch_size: int = 10
     lr: float = 0.05

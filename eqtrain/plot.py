@@ -196,8 +196,12 @@ def median_curve(runs: list[Run], tag: str) -> tuple[np.ndarray, np.ndarray] | N
 
 
 def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -> Figure:
-    """One panel per γ: each run faint, the median over seeds bold, one colour per mode, log y."""
-    gammas = sorted({gamma for _, gamma in groups})
+    """One panel per γ: each run faint, the median over seeds bold, one colour per mode, log y.
+
+    Modes without a regularizer (logged with γ = 0) do not depend on γ: they are drawn in every
+    panel, as the paper's figure shows the equivariant model beside each γ.
+    """
+    gammas = sorted({gamma for _, gamma in groups if gamma > 0}) or [0.0]
     modes = sorted({mode for mode, _ in groups})
     colour = {mode: f"C{i % 10}" for i, mode in enumerate(modes)}
     ncols = min(len(gammas), MAX_COLUMNS)
@@ -209,7 +213,7 @@ def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -
     for ax, gamma in zip(axes, gammas):
         positive = False
         for (mode, g), runs in groups.items():
-            if g != gamma:
+            if g != gamma and g != 0:
                 continue
             for run in runs:
                 if tag in run.scalars:
@@ -237,7 +241,14 @@ def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -
         ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[::ncols]:
         ax.set_ylabel(tag)
-    handles = [Line2D([], [], color=colour[m], lw=2.0, label=m) for m in modes]
+
+    def label(mode: str) -> str:  # a mode exactly on E has nothing to draw on a log scale: say so
+        values = [
+            v for (m, _), runs in groups.items() if m == mode for r in runs for v in r.scalars.get(tag, ((), ()))[1]
+        ]
+        return f"{mode} (= 0: on E)" if values and max(values) <= 0 else mode
+
+    handles = [Line2D([], [], color=colour[m], lw=2.0, label=label(m)) for m in modes]
     handles += [
         Line2D([], [], color="grey", lw=0.6, alpha=0.6, label="one seed"),
         Line2D([], [], color="grey", lw=2.0, label="median over seeds"),

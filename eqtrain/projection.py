@@ -51,6 +51,11 @@ class LayerSpace(nn.Module):
         self.register_buffer("p_h", p_h.to(dtype), persistent=False)
         self.register_buffer("basis_e", basis.to(dtype), persistent=False)  # (s, dim E per channel pair)
         self.register_buffer("p_e", (basis @ basis.T).to(dtype), persistent=False)
+        # I − P_E, for Π_{E⊥} in one product. Its entries are 0, 1 and 1 − 1/|orbit| or −1/|orbit|
+        # with orbits of 1, 2, 4 or 8 positions: exact in binary floating point.
+        self.register_buffer(
+            "p_perp", (torch.eye(h * w, dtype=torch.float64) - basis @ basis.T).to(dtype), persistent=False
+        )
         self.register_buffer("orbit_sizes", indicator.sum(0)[inside].to(dtype), persistent=False)
 
     @property
@@ -77,5 +82,4 @@ class LayerSpace(nn.Module):
         return a @ self.p_e
 
     def project_perp(self, a: torch.Tensor) -> torch.Tensor:
-        flat = a.reshape(-1, self.size)
-        return torch.addmm(flat, flat, self.p_e, alpha=-1).view(a.shape)  # a − a·P_E in one kernel
+        return a @ self.p_perp  # one small product per layer: this runs every step

@@ -102,10 +102,13 @@ def step_tags(model: EqCNN) -> tuple[str, ...]:
 
 
 def step_row(loss: torch.Tensor, dist: torch.Tensor, gamma: float, data_scale: float) -> torch.Tensor:
-    """The per-step scalars in ``step_tags`` order: R, γΓ = γ/2·d², data_scale·R + γΓ, distances."""
-    reg = dist[-2:-1].square().mul_(0.5 * gamma)
-    data = loss.view(1)
-    return torch.cat([data, reg, data * data_scale + reg if data_scale != 1 else data + reg, dist])
+    """The per-step scalars in ``step_tags`` order: R, γΓ = γ/2·d², data_scale·R + γΓ, distances.
+
+    Leading batch dimensions (one per seed of an ensemble) are kept.
+    """
+    reg = dist[..., -2:-1].square().mul_(0.5 * gamma)
+    data = loss[..., None]
+    return torch.cat([data, reg, data * data_scale + reg if data_scale != 1 else data + reg, dist], dim=-1)
 
 
 def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: Data, weights) -> EqCNN:
@@ -119,6 +122,10 @@ def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: D
 def train(cfg, run_dir: str | Path) -> dict[str, object]:
     """Train one run into ``run_dir`` (or the directory ``resume`` names); return the final metrics."""
     settings = validate(cfg)
+    if cfg.seeds > 1:
+        from .ensemble import train_ensemble
+
+        return train_ensemble(cfg, run_dir)
     run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) and cfg.resume not in ("auto",) else Path(run_dir)
     digest = config_hash(cfg)
     resuming = cfg.resume is True or isinstance(cfg.resume, str) and cfg.resume != "auto"
