@@ -30,6 +30,7 @@ from .model import EqCNN, build_model, logits_at
 from .settings import ConfigError, hparams_of, validate
 from .train import (
     CONFIG_FILE,
+    GPU_CHECK_EVERY,
     HPARAM_METRICS,
     METRICS_FILE,
     WEIGHTS_FILE,
@@ -196,7 +197,8 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
                 x, y = _augment(augmenter, aug_gens, phase.augment, x, y)
             log_now = step % cfg.log_every == 0
             loss, dist = ensemble.step(x, y, measure=log_now)
-            if not torch.isfinite(loss).all():
+            check = device.type == "cpu" or step % GPU_CHECK_EVERY == 0  # a check waits for the device
+            if check and not torch.isfinite(loss).all():
                 for k in torch.nonzero(~torch.isfinite(loss)).flatten().tolist():
                     status[k] = "diverged"
                     log.error("seed %d diverged at step %d: the loss is not finite; lower lr or gamma", seeds[k], step)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"  # the resolved config of the run, beside its curves
 WEIGHTS_FILE = "weights.pt"
 METRICS_FILE = "metrics.json"
+GPU_CHECK_EVERY = 50  # steps between finiteness checks on a GPU (each one waits for the device)
 HPARAM_METRICS = ["acc/test", "acc/test_orbit", "dist_to_E/total", "dist_to_E_rel/total", "equiv/test_error"]
 
 
@@ -72,14 +73,16 @@ def sgd_step(
     gamma: float,
     data_scale: float = 1.0,
     measure: bool = True,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One SGD step on data_scale·R(A) + γΓ(A) (γ = 0: no regularizer) for the batch (x, y).
 
     Returns the data loss R and, if ``measure``, ``distance_vector`` of A *before* the update.
-    A non-finite loss returns at once, without updating.
+    With ``check``, a non-finite loss returns at once, without updating (the check reads the
+    loss on the host: on a GPU the loop asks for it only now and then, to keep the queue full).
     """
     loss = F.cross_entropy(model(x), y)
-    if not torch.isfinite(loss):
+    if check and not torch.isfinite(loss):
         return loss, None
     optimizer.zero_grad()
     (loss * data_scale if data_scale != 1 else loss).backward()
@@ -237,16 +240,17 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
                 if twin is not None and log_now:
                     with torch.no_grad():
                         twin_dist = sum((a - b).pow(2).sum() for a, b in zip(model.weights(), twin.weights())).sqrt()
-                loss, dist = sgd_step(model, optimizer, x, y, phase_gamma, cfg.data_scale, measure=log_now)
-                if not torch.isfinite(loss):
+                check = device.type == "cpu" or step % GPU_CHECK_EVERY == 0
+                loss, dist = sgd_step(model, optimizer, x, y, phase_gamma, cfg.data_scale, log_now, check)
+                if check and not torch.isfinite(loss):
                     status = "diverged"
                     log.error("diverged at step %d: the loss is %s; lower lr or gamma", step, loss.item())
                     if all(torch.isfinite(a).all() for a in model.weights()):
                         checkpoint()  # the last finite state (A_step, before the failed update)
                     break
                 if twin is not None:
-                    sgd_step(twin, twin_opt, x, y, 0.0, cfg.data_scale, measure=False)
-                if log_now and not torch.isfinite(dist[-2]):
+                    sgd_step(twin, twin_opt, x, y, 0.0, cfg.data_scale, measure=False, check=False)
+                if log_now and check and not torch.isfinite(dist[-2]):
                     status = "diverged"  # the weights are finite but so large that their norm overflows
                     log.error("diverged at step %d: the distance to E overflows; lower lr or gamma", step)
                     break
