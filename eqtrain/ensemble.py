@@ -36,6 +36,7 @@ from .train import (
     WEIGHTS_FILE,
     _generator,
     save_weights,
+    set_aside,
     step_row,
     step_tags,
 )
@@ -62,6 +63,7 @@ class SeedEnsemble:
             return F.cross_entropy(logits_at(arch, weights, x, biases if arch.bias else None), y)
 
         self._grad = vmap(grad_and_value(loss, argnums=(0, 1)))
+        self.alive = torch.ones(len(starts), dtype=torch.bool, device=self.thetas[0].device)
 
     @property
     def size(self) -> int:
@@ -74,26 +76,31 @@ class SeedEnsemble:
         """One SGD step of every seed on its own batch x[k], y[k]; the same update as ``sgd_step``.
 
         Returns the per-seed data loss (N,) and, if ``measure``, the per-seed distances (N, L + 2)
-        of A before the update (columns as ``metrics.distance_vector``).
+        of A before the update (columns as ``metrics.distance_vector``). A seed whose loss or
+        distance is not finite is frozen at its last finite state (``alive`` turns False, on the
+        device: no sync); the others go on.
         """
         (g_theta, g_bias), loss = self._grad(self.thetas, self.biases, x, y)
         with torch.no_grad():
             weights = self.weights()
             perps = [space.project_perp(a) for space, a in zip(self.model.spaces, weights)]
+            alive = self.alive & torch.isfinite(loss)
+            dist = None
+            if measure:  # before the update: for identity parametrizations `weights` aliases θ
+                per_layer = torch.stack([p.flatten(1).norm(dim=1) for p in perps], dim=1)  # (N, L)
+                norm = torch.stack([a.flatten(1).norm(dim=1) for a in weights], dim=1).norm(dim=1)
+                total = per_layer.norm(dim=1)
+                dist = torch.cat([per_layer, total[:, None], (total / norm)[:, None]], dim=1)
+                alive &= torch.isfinite(total)
+            self.alive = alive
             scale = self.data_scale
             for t, g, b, p in zip(self.thetas, g_theta, self.bases, perps):
                 update = g * scale if scale != 1 else g
                 if self.gamma:  # ∇(γΓ) = γ Π_{E⊥}A (SPEC §4)
                     update = update + self.gamma * (p if b is None else p @ b.T)
-                t.sub_(update, alpha=self.lr)
+                t.sub_(torch.where(alive.view(-1, *[1] * (t.dim() - 1)), update, 0), alpha=self.lr)
             for bias, g in zip(self.biases, g_bias):
-                bias.sub_(g * scale, alpha=self.lr)
-            dist = None
-            if measure:
-                per_layer = torch.stack([p.flatten(1).norm(dim=1) for p in perps], dim=1)  # (N, L)
-                norm = torch.stack([a.flatten(1).norm(dim=1) for a in weights], dim=1).norm(dim=1)
-                total = per_layer.norm(dim=1)
-                dist = torch.cat([per_layer, total[:, None], (total / norm)[:, None]], dim=1)
+                bias.sub_(torch.where(alive[:, None], g * scale, 0), alpha=self.lr)
         return loss, dist
 
     @torch.no_grad()
@@ -122,7 +129,10 @@ def _augment(augmenter: Augmenter, generators, kind: str, x: torch.Tensor, y: to
 def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
     """Train seeds cfg.seed, ..., cfg.seed + cfg.seeds − 1 together; one run directory per seed."""
     settings = validate(cfg)
-    unsupported = {"phases": len(settings.phases) > 1, "twin": cfg.twin, "resume": cfg.resume, "analyze": cfg.analyze}
+    if cfg.resume == "auto":  # the submitit launchers' default: an ensemble has nothing to resume from
+        log.warning("seeds=%d writes no checkpoints: a requeued job starts over", cfg.seeds)
+    resume = cfg.resume not in (None, False, "auto")
+    unsupported = {"phases": len(settings.phases) > 1, "twin": cfg.twin, "resume": resume, "analyze": cfg.analyze}
     for key, used in unsupported.items():
         if used:
             raise ConfigError(
@@ -133,7 +143,9 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
     dirs = [run_dir / f"seed={s}" for s in seeds]
     for d in dirs:
         if (d / METRICS_FILE).exists() or any(d.glob("events.out.tfevents.*")):
-            raise ConfigError(f"run directory {str(d)!r} already holds a run; refusing to overwrite it")
+            if cfg.resume != "auto":
+                raise ConfigError(f"run directory {str(d)!r} already holds a run; refusing to overwrite it")
+            set_aside(d)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device, gamma, phase = settings.device, settings.gamma, settings.phases[0]
@@ -182,9 +194,10 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
     started = time.time()
     tags = step_tags(model)
     status = ["completed"] * len(seeds)
+    stopped_at = [0] * len(seeds)  # the step each seed ended at
     metrics, evaluated_at = evaluate_all(0), 0
     step = epoch = 0
-    while step < total and "diverged" not in status:
+    while step < total and "completed" in status:
         orders = torch.stack(
             [torch.randperm(n, generator=g) if cfg.dataset.shuffle else torch.arange(n) for g in order_gens]
         )
@@ -197,15 +210,15 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
                 x, y = _augment(augmenter, aug_gens, phase.augment, x, y)
             log_now = step % cfg.log_every == 0
             loss, dist = ensemble.step(x, y, measure=log_now)
-            check = device.type == "cpu" or step % GPU_CHECK_EVERY == 0  # a check waits for the device
-            if check and not torch.isfinite(loss).all():
-                for k in torch.nonzero(~torch.isfinite(loss)).flatten().tolist():
-                    status[k] = "diverged"
-                    log.error("seed %d diverged at step %d: the loss is not finite; lower lr or gamma", seeds[k], step)
-                break
+            if device.type == "cpu" or step % GPU_CHECK_EVERY == 0:  # a check waits for the device
+                for k, alive in enumerate(ensemble.alive.tolist()):
+                    if not alive and status[k] == "completed":
+                        status[k], stopped_at[k] = "diverged", step  # frozen at its last finite state
+                        log.error("seed %d diverged at step %d; lower lr or gamma (the others go on)", seeds[k], step)
             if log_now:
-                for logger, row in zip(loggers, step_row(loss, dist, ensemble.gamma, cfg.data_scale)):
-                    logger.log_step(step, tags, row)
+                for k, row in enumerate(step_row(loss, dist, ensemble.gamma, cfg.data_scale)):
+                    if status[k] == "completed":
+                        loggers[k].log_step(step, tags, row)
             position += idx.shape[1]
             step += 1
         if position >= n:
@@ -225,7 +238,7 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
             **metrics[k],
             **final,
             "status": status[k],
-            "steps": step,
+            "steps": step if status[k] == "completed" else stopped_at[k],
             "epochs_done": epoch,
             "dim_E": model.dim_e(),
             "n_params": sum(p.numel() for p in model.parameters()),

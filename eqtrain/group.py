@@ -72,7 +72,7 @@ class Group:
         if self.needs_square and h != w:
             raise ValueError(
                 f"group={self.name} rotates by 90° and needs square {what}, got {h}×{w}; "
-                "use group=c2 or group=flip for non-square images"
+                "use a square dataset.image_size, or group=c2 or group=flip for non-square images"
             )
 
 

@@ -50,6 +50,14 @@ class Architecture:
             out.append((h, w))
         return out
 
+    def check_sizes(self) -> None:
+        for i, (h, w) in enumerate(self.grids(), start=1):
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"conv{i} leaves a {h}x{w} map from {self.in_shape[1]}x{self.in_shape[2]} images: "
+                    "use larger images (dataset.image_size) or less pooling / stride (model.pool, model.stride)"
+                )
+
     def equivariance_breakers(self) -> list[str]:
         """Why the architecture is not exactly G-equivariant (empty when it is; SPEC §1)."""
         problems = []
@@ -110,6 +118,7 @@ class EqCNN(nn.Module):
         super().__init__()
         c_in, h, w = arch.in_shape
         group.check_grid(h, w, "images")
+        arch.check_sizes()
         self._check(arch, group, constrain)
         self.arch, self.group, self.constrain = arch, group, constrain
         k = arch.kernel_size

@@ -30,7 +30,7 @@ REPEAT_KEYS = ("seed",)  # the repetitions a median is taken over
 TABLE_TAGS = ("dist_to_E/total", "acc/test", "acc/test_orbit", "equiv/test_error")
 DEFAULT_TAG = "dist_to_E/total"
 MAX_COLUMNS = 4  # panels per row before the figure wraps
-FOOTNOTE = "Last logged value of each run; median and IQR (q75 − q25) over seeds; diverged runs count in n only."
+FOOTNOTE = "Last logged value of each run; median and IQR (q75 − q25) over seeds; diverged (or interrupted) runs count in n only."
 
 
 class PlotError(Exception):
@@ -50,7 +50,8 @@ class Run:
 
     @property
     def diverged(self) -> bool:
-        return self.status == "diverged"
+        """Diverged or interrupted: its last values are not a finished run's, so no statistics."""
+        return self.status in ("diverged", "interrupted")
 
     def last(self, tag: str) -> float:
         """The tag's last value in the event file (NaN when the run never logged it)."""

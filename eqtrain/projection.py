@@ -50,12 +50,12 @@ class LayerSpace(nn.Module):
         self.register_buffer("omega_g", omega_g, persistent=False)
         self.register_buffer("p_h", p_h.to(dtype), persistent=False)
         self.register_buffer("basis_e", basis.to(dtype), persistent=False)  # (s, dim E per channel pair)
-        self.register_buffer("p_e", (basis @ basis.T).to(dtype), persistent=False)
-        # I − P_E, for Π_{E⊥} in one product. Its entries are 0, 1 and 1 − 1/|orbit| or −1/|orbit|
-        # with orbits of 1, 2, 4 or 8 positions: exact in binary floating point.
-        self.register_buffer(
-            "p_perp", (torch.eye(h * w, dtype=torch.float64) - basis @ basis.T).to(dtype), persistent=False
-        )
+        # P_E = Σ_{orbits o ⊂ ω_G} 1_o 1_oᵀ / |o|, built from the indicators rather than as U Uᵀ so
+        # that its entries (0 or 1/|o|, orbits of 1, 2, 4 or 8 positions) are exact in binary; so
+        # are those of I − P_E, which gives Π_{E⊥} in one product.
+        p_e = indicator[:, inside] @ (indicator[:, inside] / indicator[:, inside].sum(0)).T
+        self.register_buffer("p_e", p_e.to(dtype), persistent=False)
+        self.register_buffer("p_perp", (torch.eye(h * w, dtype=torch.float64) - p_e).to(dtype), persistent=False)
         self.register_buffer("orbit_sizes", indicator.sum(0)[inside].to(dtype), persistent=False)
 
     @property

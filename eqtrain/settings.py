@@ -86,9 +86,12 @@ def validate(cfg) -> Settings:
         gamma = DEFAULT_GAMMA if cfg.gamma is None else float(cfg.gamma)
     else:
         if cfg.gamma:
-            log.warning(
-                "gamma=%s is ignored: mode=%s has no regularizer (use augreg or nomreg)", cfg.gamma, cfg.mode.name
+            which = (
+                f"no phase regularizes ({_describe(phases)})"
+                if cfg.phases
+                else f"mode={cfg.mode.name} has no regularizer"
             )
+            log.warning("gamma=%s is ignored: %s (use augreg or nomreg)", cfg.gamma, which)
         gamma = 0.0
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,6 +111,10 @@ def _phases(cfg, need) -> tuple[Phase, ...]:
         need(augment in AUGMENT_KINDS, f"phases.{i}.augment", f"use one of {', '.join(AUGMENT_KINDS)}")
         phases.append(Phase(p.mode, MODES[p.mode], p.epochs, augment))
     return tuple(phases)
+
+
+def _describe(phases) -> str:
+    return " > ".join(f"{p.mode}[{p.augment}]x{p.epochs}" if p.dyn.augment else f"{p.mode}x{p.epochs}" for p in phases)
 
 
 def hparams_of(cfg, settings: Settings) -> dict[str, object]:
@@ -135,5 +142,14 @@ def hparams_of(cfg, settings: Settings) -> dict[str, object]:
         "image_size": str(cfg.dataset.image_size),
         "shuffle": cfg.dataset.shuffle,
         "channels": str(list(cfg.model.channels)),
+        "kernel_size": cfg.model.kernel_size,
+        "activation": cfg.model.activation,
+        "pool": str(cfg.model.pool),
+        "stride": str(cfg.model.stride),
+        "layernorm": cfg.model.layernorm,
+        "bias": cfg.model.bias,
+        "basis_seed": cfg.model.basis_seed,
+        "normalize": cfg.dataset.normalize,
+        "phases": _describe(settings.phases) if cfg.phases else "",
         "twin": cfg.twin,
     }

@@ -6,8 +6,9 @@ model is built) and whether γΓ is added (regularize). The regularizer's gradie
 analytically, ∇Γ(A) = Π_{E⊥}A, pulled back to the parameters — the same Π_{E⊥}A that the
 per-step distance log needs, so the two share one computation.
 
-A run may be made of phases (e.g. equivariant, then augmented): the weights A carry over
-exactly, only the parametrization and the switches change. Checkpoints at every epoch end and
+A run may be made of phases (e.g. equivariant, then augmented): the weights A and the biases
+carry over (exactly for the orthogonal parametrization, to round-off through a basis), only the
+parametrization and the switches change. Checkpoints at every epoch end and
 on SIGINT / SIGTERM / SIGUSR2 make a resumed run bitwise identical to an uninterrupted one.
 """
 
@@ -78,8 +79,8 @@ def sgd_step(
     """One SGD step on data_scale·R(A) + γΓ(A) (γ = 0: no regularizer) for the batch (x, y).
 
     Returns the data loss R and, if ``measure``, ``distance_vector`` of A *before* the update.
-    With ``check``, a non-finite loss returns at once, without updating (the check reads the
-    loss on the host: on a GPU the loop asks for it only now and then, to keep the queue full).
+    With ``check``, a non-finite loss or distance returns without updating — the weights stay the
+    last finite state (the check reads values on the host: on a GPU the loop asks only now and then).
     """
     loss = F.cross_entropy(model(x), y)
     if check and not torch.isfinite(loss):
@@ -96,6 +97,8 @@ def sgd_step(
                 torch._foreach_add_(grads, [m.pull_back(p) for m, p in zip(model.maps, perps)], alpha=gamma)
             if measure:  # before the update: for identity parametrizations `weights` aliases θ
                 dist = distance_vector(weights, perps)
+                if check and not torch.isfinite(dist[-2]):  # finite weights whose norm overflows
+                    return loss, dist
     optimizer.step()
     return loss, dist
 
@@ -114,11 +117,14 @@ def step_row(loss: torch.Tensor, dist: torch.Tensor, gamma: float, data_scale: f
     return torch.cat([data, reg, data * data_scale + reg if data_scale != 1 else data + reg, dist], dim=-1)
 
 
-def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: Data, weights) -> EqCNN:
-    """The model of a phase, holding the weights A it starts from (projected onto E if constrained)."""
+def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: Data, weights, biases=None) -> EqCNN:
+    """The model of a phase, holding the weights A (projected onto E if constrained) and biases it starts from."""
     model = build_model(cfg.model, group, data.image_shape, data.n_classes, phase.dyn.constrain, settings.dtype)
     model = model.to(settings.device)
     model.set_weights(weights)
+    with torch.no_grad():
+        for b, start in zip(model.biases, biases or ()):
+            b.copy_(start)
     return model
 
 
@@ -134,10 +140,18 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
     resuming = cfg.resume is True or isinstance(cfg.resume, str) and cfg.resume != "auto"
     resuming |= cfg.resume == "auto" and (run_dir / CHECKPOINT_FILE).exists()
     ckpt = load_checkpoint(run_dir, digest, cfg.force_resume) if resuming else None
-    if ckpt is None and ((run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))):
+    started_before = (run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))
+    if ckpt is None and started_before and cfg.resume == "auto":
+        stale = set_aside(run_dir)  # e.g. a requeued job killed before its first checkpoint
+        log.warning("resume=auto: no checkpoint in %s; starting over (earlier files moved to %s)", run_dir, stale)
+    elif ckpt is None and started_before:
         raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if ckpt is not None and ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        # CPU kernels split their sums by thread: the same thread count keeps a resume bitwise exact
+        log.warning("resuming with %d torch threads, as the interrupted run had", ckpt["threads"])
+        torch.set_num_threads(ckpt["threads"])
     device, gamma, phases = settings.device, settings.gamma, settings.phases
     data = load_dataset(cfg.dataset).to(device, settings.dtype)
     n = len(data.y_train)
@@ -147,8 +161,14 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
 
     # Build every phase's model once up front, so a bad model config fails before anything is written.
     first = build_model(cfg.model, group, data.image_shape, data.n_classes, phases[0].dyn.constrain, settings.dtype)
-    for constrain in {p.dyn.constrain for p in phases[1:]} | ({True} if cfg.twin else set()):
-        build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype)
+    needs = [(f"phases.{i}.mode={p.mode}", p.dyn.constrain) for i, p in enumerate(phases) if i] + [
+        ("twin=true", True)
+    ] * cfg.twin
+    for reason, constrain in needs:
+        try:
+            build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype)
+        except ValueError as err:
+            raise ConfigError(f"{reason}: {err}") from err
     a0 = initial_weights(first, cfg.init.scheme, cfg.init.sigma, cfg.seed)
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -207,7 +227,7 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
             "config_hash": digest, "step": step, "epoch": epoch, "position": position, "phase": phase_idx,
             "order": order.cpu() if order is not None else torch.zeros(0, dtype=torch.long),
             "model": model.state_dict(), "twin": twin.state_dict() if twin is not None else {},
-            "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(),
+            "order_gen": order_gen.get_state(), "aug_gen": aug_gen.get_state(), "threads": torch.get_num_threads(),
         })  # fmt: skip
 
     progress = Progress(total)
@@ -221,7 +241,7 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         while step < total and status == "completed":
             if phase_at(epoch) != phase_idx:  # a new phase: same weights A, new switches
                 phase_idx = phase_at(epoch)
-                model = build_for_phase(cfg, settings, phases[phase_idx], group, data, model.weights())
+                model = build_for_phase(cfg, settings, phases[phase_idx], group, data, model.weights(), model.biases)
                 optimizer = PlainSGD(model.parameters(), lr=cfg.lr)
                 log.info("phase %d: mode=%s from step %d", phase_idx, phases[phase_idx].mode, step)
             phase = phases[phase_idx]
@@ -242,18 +262,16 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
                         twin_dist = sum((a - b).pow(2).sum() for a, b in zip(model.weights(), twin.weights())).sqrt()
                 check = device.type == "cpu" or step % GPU_CHECK_EVERY == 0
                 loss, dist = sgd_step(model, optimizer, x, y, phase_gamma, cfg.data_scale, log_now, check)
-                if check and not torch.isfinite(loss):
+                overflow = dist is not None and not torch.isfinite(dist[-2])
+                if check and (overflow or not torch.isfinite(loss)):  # sgd_step did not update
                     status = "diverged"
-                    log.error("diverged at step %d: the loss is %s; lower lr or gamma", step, loss.item())
+                    what = "the distance to E overflows" if overflow else f"the loss is {loss.item()}"
+                    log.error("diverged at step %d: %s; lower lr or gamma", step, what)
                     if all(torch.isfinite(a).all() for a in model.weights()):
-                        checkpoint()  # the last finite state (A_step, before the failed update)
+                        checkpoint()  # the last finite state, A_step
                     break
                 if twin is not None:
                     sgd_step(twin, twin_opt, x, y, 0.0, cfg.data_scale, measure=False, check=False)
-                if log_now and check and not torch.isfinite(dist[-2]):
-                    status = "diverged"  # the weights are finite but so large that their norm overflows
-                    log.error("diverged at step %d: the distance to E overflows; lower lr or gamma", step)
-                    break
                 if log_now:
                     row = step_row(loss, dist, phase_gamma, cfg.data_scale)
                     if twin is None:
@@ -331,6 +349,19 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         metrics["acc/test"],
     )
     return result
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run directory's eqtrain files into a new ``stale-<time>/`` folder inside it.
+
+    Renamed so that neither TensorBoard nor ``eqtrain-plot`` mistakes them for a run.
+    """
+    stale = run_dir / f"stale-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
+    stale.mkdir()
+    for path in [*run_dir.glob("events.out.tfevents.*"), *(run_dir / f for f in (METRICS_FILE, WEIGHTS_FILE))]:
+        if path.exists():
+            path.rename(stale / (path.name.replace("tfevents", "stale") + ".stale"))
+    return stale
 
 
 def save_weights(path: Path, model: EqCNN, step: int) -> None:

@@ -63,7 +63,27 @@ def test_ensemble_float64_is_exact_to_round_off(tmp_path):
     assert rel(load(tmp_path / "e" / "seed=1"), load(tmp_path / "a")) <= 1e-12
 
 
-@pytest.mark.parametrize("override", ["twin=true", "analyze=true", "resume=auto"])
+@pytest.mark.parametrize("override", ["twin=true", "analyze=true", "resume=true"])
 def test_ensemble_refuses_what_it_does_not_support(tmp_path, override):
     with pytest.raises(ConfigError, match=f"seeds=2 does not support {override.split('=')[0]}"):
         train(make_config(*BASE, "seeds=2", override), tmp_path)
+
+
+def test_a_diverging_seed_is_frozen_and_the_others_go_on():
+    from eqtrain.config import ModelConfig
+    from eqtrain.ensemble import SeedEnsemble
+    from eqtrain.group import Group
+    from eqtrain.init import initial_weights
+    from eqtrain.model import build_model
+
+    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
+    starts = [initial_weights(model, "standard", 0.0, s) for s in range(2)]
+    ensemble = SeedEnsemble(model, starts, lr=0.1, gamma=0.0, data_scale=1.0)
+    before = [t.clone() for t in ensemble.thetas]
+    x, y = torch.rand(2, 4, 1, 28, 28), torch.randint(0, 10, (2, 4))
+    x[1, 0, 0, 0, 0] = float("nan")  # seed 1's batch poisons its loss
+    loss, _ = ensemble.step(x, y)
+    assert torch.isfinite(loss[0]) and not torch.isfinite(loss[1])
+    assert ensemble.alive.tolist() == [True, False]
+    assert not torch.equal(ensemble.thetas[0][0], before[0][0])  # seed 0 moved
+    assert all(torch.equal(t[1], b[1]) for t, b in zip(ensemble.thetas, before))  # seed 1 frozen, finite

@@ -148,3 +148,9 @@ def test_bias_is_invariant_and_not_part_of_a():
         x = torch.rand(4, 1, 28, 28)
         assert (model(g.act(x, 1)) - model(x)).norm() / model(x).norm() < REL_TOL
     assert len(model.weights()) == 3
+
+
+def test_maps_pooled_to_nothing_are_refused():
+    cfg = model_cfg("paper_cnn", "model.layernorm=false")
+    with pytest.raises(ValueError, match="leaves a 0x0 map from 3x3 images.*dataset.image_size"):
+        build_model(cfg, Group.from_name("c4"), (1, 3, 3), 10, False)

@@ -110,3 +110,11 @@ def test_bad_supports_are_refused_with_the_key(spec, match):
 def test_explicit_support_mask():
     mask = make_support([[0, 1, 0], [1, 1, 1], [0, 1, 0]], 3)
     assert torch.equal(mask, make_support("cross", 3))
+
+
+@pytest.mark.parametrize("group", GROUP_NAMES)
+def test_projections_are_exact_in_float64(group):
+    """P_E is built from orbit indicators: entries 1/|orbit| are exact, so P_E² = P_E bit for bit."""
+    s = LayerSpace(Group.from_name(group), 5, 5, dtype=torch.float64)
+    assert torch.equal(s.p_e @ s.p_e, s.p_e)
+    assert torch.equal(s.p_perp @ s.p_perp, s.p_perp)

@@ -216,3 +216,22 @@ def test_resume_auto_starts_fresh_or_continues(run_train, tmp_path):
     os.remove(first.dir / "metrics.json")
     run_train(*TINY, "max_steps=5", f"resume={first.dir}")  # resume=<dir> writes into <dir>
     assert json.loads((first.dir / "metrics.json").read_text())["steps"] == 5
+
+
+def test_resume_auto_without_a_checkpoint_starts_over(run_train, tmp_path):
+    """A requeued job killed before its first checkpoint must not fail for ever."""
+    from eqtrain.train import train
+
+    from .conftest import make_config
+
+    run = tmp_path / "requeued"
+    run.mkdir()
+    (run / "events.out.tfevents.1.host.1").write_bytes(b"")  # what a job killed at step 0 leaves
+    result = train(make_config(*TINY, "max_steps=3", "resume=auto"), run)
+    assert result["status"] == "completed"
+    assert len(list(run.glob("stale-*"))) == 1
+
+
+def test_resume_restores_the_thread_count(run_train):
+    run = run_train(*TINY, "max_steps=3")
+    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["threads"] == torch.get_num_threads()

@@ -176,3 +176,24 @@ def test_checkpoints_load_weights_only(run_train):
     run = run_train(*TINY, "max_steps=3")
     state = torch.load(run.dir / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3 and isinstance(state["config_hash"], str)
+
+
+def test_a_phase_switch_keeps_weights_and_biases(run_train):
+    """Two phases of the same mode equal one run of both epochs: the switch carries A and the biases."""
+    phased = run_train(*TINY, "model.bias=true", "+phases=[{mode:nominal,epochs:1},{mode:nominal,epochs:1}]")
+    plain = run_train(*TINY, "model.bias=true", "mode=nominal", "epochs=2")
+    a, b = (torch.load(r.dir / "weights.pt", weights_only=True)["state_dict"] for r in (phased, plain))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(a[f"biases.{i}"].abs().max() > 0 for i in range(3))  # the biases did train
+
+
+def test_analyze_restores_a_run_that_ended_inside_a_phase(tmp_path):
+    from eqtrain.rundir import restore
+    from eqtrain.train import train
+
+    train(
+        make_config(*TINY, "+phases=[{mode:equivariant,epochs:1},{mode:augmented,epochs:1}]", "max_steps=3"), tmp_path
+    )
+    restored = restore(tmp_path)
+    saved = torch.load(tmp_path / "weights.pt", weights_only=True)["weights"]
+    assert all(torch.allclose(a, b) for a, b in zip(restored.model.weights(), saved))
