@@ -7,10 +7,12 @@ the job fails but the launcher goes on with the others; Hydra reports the failur
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import eqtrain  # noqa: F401  (registers the structured config schema)
 
+from .config import Config
 from .data import DataUnavailable
 
 log = logging.getLogger("eqtrain")
@@ -80,6 +83,50 @@ def objective(result: dict, cfg: DictConfig) -> float:
     return value
 
 
+GROUPS = ("dataset", "model", "mode", "group", "experiment", "sweep", "hparams_search")
+
+
+def precheck(args: list[str]) -> str | None:
+    """One clear line for the commonest typos — an unknown key or group option — or None.
+
+    Only plain ``key=value`` overrides are looked at; everything else (``+key``, ``~key``,
+    ``hydra.*``, flags) is left to Hydra, whose messages cover it.
+    """
+    schema = OmegaConf.structured(Config)
+    configs = resources.files("eqtrain.configs")
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")) or key.startswith("hydra") or "/" in key:
+            continue
+        if key in GROUPS:
+            options = sorted(
+                p.name.removesuffix(".yaml") for p in configs.joinpath(key).iterdir() if p.name.endswith(".yaml")
+            )
+            for option in value.split(","):
+                if option not in options and option != "null":
+                    return f"{key}={option} is not an option of {key}; valid: {', '.join(options)}"
+            continue
+        node, path = schema, key.split(".")
+        for i, part in enumerate(path):
+            if not isinstance(node, DictConfig) or part.isdigit():
+                break  # list indices and free-form values: Hydra checks them
+            if part not in node:
+                known = [str(k) for k in node.keys()]
+                near = difflib.get_close_matches(part, known, n=1)
+                hint = f" (did you mean {'.'.join([*path[:i], near[0]])}?)" if near else ""
+                return f"unknown key {key!r}{hint}; `eqtrain --help` lists every key"
+            node = node[part]
+    return None
+
+
+def run() -> None:
+    """The console script: a one-line check of the overrides, then Hydra."""
+    problem = precheck(sys.argv[1:])
+    if problem:
+        fail(problem)
+    main()
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .train import train  # torch is imported only once Hydra has parsed the command line
@@ -96,4 +143,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqtrain.cli import main
+from eqtrain.cli import run
 
 from .conftest import TINY
 
@@ -25,7 +25,7 @@ def cli(tmp_path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["eqtrain", *args])
     try:
-        main()
+        run()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -36,8 +36,10 @@ def cli(tmp_path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 BAD_INPUT = [
     # (overrides, exit code, expected message)
-    (["gamm=0.1"], 1, "Could not override 'gamm'"),
-    (["mode=augrg"], 1, "Could not find 'mode/augrg'"),
+    (["gamm=0.1"], 2, "unknown key 'gamm' (did you mean gamma?)"),
+    (["model.kernal_size=3"], 2, "unknown key 'model.kernal_size' (did you mean model.kernel_size?)"),
+    (["mode=augrg"], 2, "mode=augrg is not an option of mode; valid: augmented, augreg, equivariant, nominal, nomreg"),
+    (["model.kernel_size=three"], 1, "kernel_size"),  # a type error: Hydra's own message
     (["gamma=-1"], 2, "gamma=-1.0 is not valid: use a finite number >= 0"),
     (["gamma=nan"], 2, "gamma=nan is not valid: use a finite number >= 0"),
     (["gamma=inf"], 2, "gamma=inf is not valid"),
