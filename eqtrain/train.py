@@ -135,41 +135,14 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         from .ensemble import train_ensemble
 
         return train_ensemble(cfg, run_dir)
-    run_dir = Path(cfg.resume) if isinstance(cfg.resume, str) and cfg.resume not in ("auto",) else Path(run_dir)
-    digest = config_hash(cfg)
-    resuming = cfg.resume is True or isinstance(cfg.resume, str) and cfg.resume != "auto"
-    resuming |= cfg.resume == "auto" and (run_dir / CHECKPOINT_FILE).exists()
-    ckpt = load_checkpoint(run_dir, digest, cfg.force_resume) if resuming else None
-    started_before = (run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))
-    if ckpt is None and started_before and cfg.resume == "auto":
-        stale = set_aside(run_dir)  # e.g. a requeued job killed before its first checkpoint
-        log.warning("resume=auto: no checkpoint in %s; starting over (earlier files moved to %s)", run_dir, stale)
-    elif ckpt is None and started_before:
-        raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if ckpt is not None and ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
-        # CPU kernels split their sums by thread: the same thread count keeps a resume bitwise exact
-        log.warning("resuming with %d torch threads, as the interrupted run had", ckpt["threads"])
-        torch.set_num_threads(ckpt["threads"])
+    run_dir, digest, ckpt = open_run_dir(cfg, Path(run_dir))
     device, gamma, phases = settings.device, settings.gamma, settings.phases
     data = load_dataset(cfg.dataset).to(device, settings.dtype)
     n = len(data.y_train)
     if cfg.batch_size > n:
         raise ConfigError(f"batch_size={cfg.batch_size} is not valid: larger than the training set ({n} images)")
     group = Group.from_name(cfg.group.name)
-
-    # Build every phase's model once up front, so a bad model config fails before anything is written.
-    first = build_model(cfg.model, group, data.image_shape, data.n_classes, phases[0].dyn.constrain, settings.dtype)
-    needs = [(f"phases.{i}.mode={p.mode}", p.dyn.constrain) for i, p in enumerate(phases) if i] + [
-        ("twin=true", True)
-    ] * cfg.twin
-    for reason, constrain in needs:
-        try:
-            build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype)
-        except ValueError as err:
-            raise ConfigError(f"{reason}: {err}") from err
-    a0 = initial_weights(first, cfg.init.scheme, cfg.init.sigma, cfg.seed)
+    a0 = check_models_and_start(cfg, settings, group, data)
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     ends = [sum(p.epochs for p in phases[: i + 1]) for i in range(len(phases))]  # epoch where each phase ends
@@ -349,6 +322,49 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
         metrics["acc/test"],
     )
     return result
+
+
+def open_run_dir(cfg, run_dir: Path) -> tuple[Path, str, dict | None]:
+    """Where the run writes, its config hash, and the checkpoint it resumes from (if any).
+
+    ``resume``: null/false — a fresh run, refused in a directory that already holds one; true —
+    this directory's checkpoint; a path — that directory's; auto — the checkpoint if there is
+    one, else a fresh start (earlier files set aside). Sets the torch thread count: the run's,
+    or on resume the interrupted run's (CPU kernels split sums by thread, so bitwise exactness
+    needs the same count).
+    """
+    if isinstance(cfg.resume, str) and cfg.resume != "auto":
+        run_dir = Path(cfg.resume)
+    digest = config_hash(cfg)
+    resuming = cfg.resume is True or (isinstance(cfg.resume, str) and cfg.resume != "auto")
+    resuming |= cfg.resume == "auto" and (run_dir / CHECKPOINT_FILE).exists()
+    ckpt = load_checkpoint(run_dir, digest, cfg.force_resume) if resuming else None
+    started_before = (run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))
+    if ckpt is None and started_before and cfg.resume == "auto":
+        stale = set_aside(run_dir)  # e.g. a requeued job killed before its first checkpoint
+        log.warning("resume=auto: no checkpoint in %s; starting over (earlier files moved to %s)", run_dir, stale)
+    elif ckpt is None and started_before:
+        raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if ckpt is not None and ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        log.warning("resuming with %d torch threads, as the interrupted run had", ckpt["threads"])
+        torch.set_num_threads(ckpt["threads"])
+    return run_dir, digest, ckpt
+
+
+def check_models_and_start(cfg, settings: Settings, group: Group, data: Data) -> list[torch.Tensor]:
+    """Build every model the run will need (so a bad config fails before anything is written); A₀."""
+    needs = [(f"mode={settings.phases[0].mode}", settings.phases[0].dyn.constrain)]
+    needs += [(f"phases.{i}.mode={p.mode}", p.dyn.constrain) for i, p in enumerate(settings.phases) if i]
+    needs += [("twin=true", True)] * cfg.twin
+    models = []
+    for reason, constrain in needs:
+        try:
+            models.append(build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype))
+        except ValueError as err:
+            raise ConfigError(f"{reason}: {err}" if len(models) else str(err)) from err
+    return initial_weights(models[0], cfg.init.scheme, cfg.init.sigma, cfg.seed)
 
 
 def set_aside(run_dir: Path) -> Path:
