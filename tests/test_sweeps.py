@@ -197,3 +197,13 @@ def test_analyze_restores_a_run_that_ended_inside_a_phase(tmp_path):
     restored = restore(tmp_path)
     saved = torch.load(tmp_path / "weights.pt", weights_only=True)["weights"]
     assert all(torch.allclose(a, b) for a, b in zip(restored.model.weights(), saved))
+
+
+def test_paper_preset_runs_on_mnist_files(run_train, tmp_path):
+    """experiment=paper as written (MNIST from data_dir), on tiny IDX files written here."""
+    from .test_data import make_mnist
+
+    make_mnist(tmp_path / "mnist", n_train=40, n_test=20)
+    run = run_train("experiment=paper", f"dataset.data_dir={tmp_path / 'mnist'}", "max_steps=4", "mode=nomreg")
+    m = run.metrics()
+    assert m["status"] == "completed" and m["hparams"]["dataset"] == "mnist" and m["steps"] == 4
