@@ -18,6 +18,8 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType, ValueType
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -86,24 +88,46 @@ def objective(result: dict, cfg: DictConfig) -> float:
 GROUPS = ("dataset", "model", "mode", "group", "experiment", "sweep", "hparams_search")
 
 
+VALUE_FLAGS = ("-sc", "--shell-completion", "-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir",
+               "-p", "--package", "-i", "--info", "--cfg", "-c", "--experimental-rerun")  # fmt: skip
+OWN_CONFIGS = ("-cp", "--config-path", "-cd", "--config-dir", "hydra.searchpath")  # options beyond ours
+
+
 def precheck(args: list[str]) -> str | None:
     """One clear line for the commonest typos — an unknown key or group option — or None.
 
-    Only plain ``key=value`` overrides are looked at; everything else (``+key``, ``~key``,
-    ``hydra.*``, flags) is left to Hydra, whose messages cover it.
+    Overrides are read with Hydra's own parser; only plain changes of a key or of a group's option
+    are checked (sweeps included), everything else — additions, deletions, packages, ``hydra.*``,
+    glob/range sweeps, config directories of the user's own — is left to Hydra.
     """
+    parser = OverridesParser.create()
     schema = OmegaConf.structured(Config)
     configs = resources.files("eqtrain.configs")
+    check_groups = not any(a.split("=")[0] in OWN_CONFIGS for a in args)
+    after_flag = False
     for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith(("-", "+", "~")) or key.startswith("hydra") or "/" in key:
+        if after_flag or arg.startswith("-"):
+            after_flag = arg in VALUE_FLAGS
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # noqa: BLE001  (Hydra reports its own syntax errors)
+            continue
+        key = override.key_or_group
+        if override.type != OverrideType.CHANGE or override.package or key.startswith("hydra") or "/" in key:
             continue
         if key in GROUPS:
+            if override.value_type in (ValueType.ELEMENT,):
+                chosen = [override.value()]
+            elif override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+                chosen = list(override.value().list)
+            else:
+                continue
             options = sorted(
                 p.name.removesuffix(".yaml") for p in configs.joinpath(key).iterdir() if p.name.endswith(".yaml")
             )
-            for option in value.split(","):
-                if option not in options and option != "null":
+            for option in chosen:
+                if check_groups and option is not None and str(option) not in options:
                     return f"{key}={option} is not an option of {key}; valid: {', '.join(options)}"
             continue
         node, path = schema, key.split(".")

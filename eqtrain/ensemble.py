@@ -64,6 +64,7 @@ class SeedEnsemble:
 
         self._grad = vmap(grad_and_value(loss, argnums=(0, 1)))
         self.alive = torch.ones(len(starts), dtype=torch.bool, device=self.thetas[0].device)
+        self.died_at = torch.full((len(starts),), -1, dtype=torch.long, device=self.thetas[0].device)
 
     @property
     def size(self) -> int:
@@ -72,13 +73,13 @@ class SeedEnsemble:
     def weights(self) -> list[torch.Tensor]:
         return [t if b is None else t @ b for t, b in zip(self.thetas, self.bases)]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, measure: bool = True):
+    def step(self, x: torch.Tensor, y: torch.Tensor, measure: bool = True, step: int = 0):
         """One SGD step of every seed on its own batch x[k], y[k]; the same update as ``sgd_step``.
 
         Returns the per-seed data loss (N,) and, if ``measure``, the per-seed distances (N, L + 2)
-        of A before the update (columns as ``metrics.distance_vector``). A seed whose loss or
-        distance is not finite is frozen at its last finite state (``alive`` turns False, on the
-        device: no sync); the others go on.
+        of A before the update (columns as ``metrics.distance_vector``). A seed whose loss,
+        distance or updated weights are not finite is frozen at its last finite state: ``alive``
+        turns False and ``died_at`` records ``step``, both on the device (no sync); the others go on.
         """
         (g_theta, g_bias), loss = self._grad(self.thetas, self.biases, x, y)
         with torch.no_grad():
@@ -92,15 +93,21 @@ class SeedEnsemble:
                 total = per_layer.norm(dim=1)
                 dist = torch.cat([per_layer, total[:, None], (total / norm)[:, None]], dim=1)
                 alive &= torch.isfinite(total)
-            self.alive = alive
             scale = self.data_scale
+            new_thetas = []
             for t, g, b, p in zip(self.thetas, g_theta, self.bases, perps):
                 update = g * scale if scale != 1 else g
                 if self.gamma:  # ∇(γΓ) = γ Π_{E⊥}A (SPEC §4)
                     update = update + self.gamma * (p if b is None else p @ b.T)
-                t.sub_(torch.where(alive.view(-1, *[1] * (t.dim() - 1)), update, 0), alpha=self.lr)
-            for bias, g in zip(self.biases, g_bias):
-                bias.sub_(torch.where(alive[:, None], g * scale, 0), alpha=self.lr)
+                new_thetas.append(t - self.lr * update)
+                alive &= torch.isfinite(new_thetas[-1]).flatten(1).all(1)
+            new_biases = [bias - self.lr * scale * g for bias, g in zip(self.biases, g_bias)]
+            for new in new_biases:
+                alive &= torch.isfinite(new).all(1)
+            self.died_at = torch.where(self.alive & ~alive, step, self.died_at)
+            self.alive = alive
+            for t, new in zip([*self.thetas, *self.biases], [*new_thetas, *new_biases]):
+                t.copy_(torch.where(alive.view(-1, *[1] * (t.dim() - 1)), new, t))
         return loss, dist
 
     @torch.no_grad()
@@ -187,14 +194,15 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
 
     def evaluate_all(step: int) -> list[dict[str, float]]:
         results = [evaluate(ensemble.load_into(k, model), data, group) for k in range(len(seeds))]
-        for logger, metrics in zip(loggers, results):
-            logger.log(step, metrics)
+        for k, (logger, metrics) in enumerate(zip(loggers, results)):
+            if status[k] == "completed":  # a diverged seed's curves end where it stopped
+                logger.log(step, metrics)
         return results
 
     started = time.time()
     tags = step_tags(model)
     status = ["completed"] * len(seeds)
-    stopped_at = [0] * len(seeds)  # the step each seed ended at
+    stopped_at = [0] * len(seeds)  # the step a diverged seed froze at
     metrics, evaluated_at = evaluate_all(0), 0
     step = epoch = 0
     while step < total and "completed" in status:
@@ -203,21 +211,21 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
         )
         orders = orders.to(device)
         position = 0
-        while position < n and step < total:
+        while position < n and step < total and "completed" in status:
             idx = orders[:, position : position + cfg.batch_size]  # (N, B): each seed's own batch
             x, y = data.x_train[idx], data.y_train[idx]
             if augmenter is not None:
                 x, y = _augment(augmenter, aug_gens, phase.augment, x, y)
             log_now = step % cfg.log_every == 0
-            loss, dist = ensemble.step(x, y, measure=log_now)
+            loss, dist = ensemble.step(x, y, measure=log_now, step=step)
             if device.type == "cpu" or step % GPU_CHECK_EVERY == 0:  # a check waits for the device
-                for k, alive in enumerate(ensemble.alive.tolist()):
+                for k, (alive, died) in enumerate(zip(ensemble.alive.tolist(), ensemble.died_at.tolist())):
                     if not alive and status[k] == "completed":
-                        status[k], stopped_at[k] = "diverged", step  # frozen at its last finite state
-                        log.error("seed %d diverged at step %d; lower lr or gamma (the others go on)", seeds[k], step)
+                        status[k], stopped_at[k] = "diverged", died  # frozen at its last finite state
+                        log.error("seed %d diverged at step %d; lower lr or gamma (the others go on)", seeds[k], died)
             if log_now:
                 for k, row in enumerate(step_row(loss, dist, ensemble.gamma, cfg.data_scale)):
-                    if status[k] == "completed":
+                    if status[k] == "completed":  # (on a GPU a dead seed may log NaN until the next check)
                         loggers[k].log_step(step, tags, row)
             position += idx.shape[1]
             step += 1
@@ -226,20 +234,25 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
             metrics, evaluated_at = evaluate_all(step), step
     if evaluated_at != step:
         metrics = evaluate_all(step)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
     results = []
     for k, (d, logger) in enumerate(zip(dirs, loggers)):
         ensemble.load_into(k, model)
+        end = step if status[k] == "completed" else stopped_at[k]
+        if status[k] != "completed":  # evaluated where it stopped, as its own run would be
+            metrics[k] = evaluate(model, data, group)
+            logger.log(end, metrics[k])
         with torch.no_grad():
             final = {t: v.item() for t, v in distance_to_e(model.layer_names, model.weights(), model.perp()).items()}
-        logger.log(step, final)
+        logger.log(end, final)
         logger.close()
-        save_weights(d / WEIGHTS_FILE, model, step)
+        save_weights(d / WEIGHTS_FILE, model, end)
         result = {
             **metrics[k],
             **final,
             "status": status[k],
-            "steps": step if status[k] == "completed" else stopped_at[k],
-            "epochs_done": epoch,
+            "steps": end,
+            "epochs_done": epoch if status[k] == "completed" else end // steps_per_epoch,
             "dim_E": model.dim_e(),
             "n_params": sum(p.numel() for p in model.parameters()),
             "hparams": hparams_of(configs[k], settings),

@@ -43,11 +43,8 @@ def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     if not path.exists():
         raise FileNotFoundError(f"{str(run_dir)!r} has no {WEIGHTS_FILE}: the run did not finish")
     saved = torch.load(path, map_location=device, weights_only=True)
-    # The weights A do not depend on the parametrization (a run of phases may have ended in any of
-    # them): rebuild a model in L that holds exactly the saved A (A ∈ E ⊂ L for equivariant runs).
-    model = build_model(cfg.model, group, data.image_shape, data.n_classes, False, settings.dtype).to(device)
-    model.set_weights(saved["weights"])
-    with torch.no_grad():
-        for i, b in enumerate(model.biases):
-            b.copy_(saved["state_dict"][f"biases.{i}"])
+    # A run of phases may have ended in any parametrization: rebuild the one θ was saved from.
+    constrain = saved.get("constrain", settings.phases[-1].dyn.constrain)
+    model = build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype).to(device)
+    model.load_state_dict(saved["state_dict"])
     return Restored(cfg, model, data, group, settings.gamma)

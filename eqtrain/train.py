@@ -129,7 +129,19 @@ def build_for_phase(cfg, settings: Settings, phase: Phase, group: Group, data: D
 
 
 def train(cfg, run_dir: str | Path) -> dict[str, object]:
-    """Train one run into ``run_dir`` (or the directory ``resume`` names); return the final metrics."""
+    """Train one run into ``run_dir`` (or the directory ``resume`` names); return the final metrics.
+
+    The torch thread count a run sets (``threads``, or a resumed run's) is undone afterwards, so
+    the next job of a sequential sweep in the same process starts from the default again.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg, run_dir: str | Path) -> dict[str, object]:
     settings = validate(cfg)
     if cfg.seeds > 1:
         from .ensemble import train_ensemble
@@ -235,7 +247,7 @@ def train(cfg, run_dir: str | Path) -> dict[str, object]:
                         twin_dist = sum((a - b).pow(2).sum() for a, b in zip(model.weights(), twin.weights())).sqrt()
                 check = device.type == "cpu" or step % GPU_CHECK_EVERY == 0
                 loss, dist = sgd_step(model, optimizer, x, y, phase_gamma, cfg.data_scale, log_now, check)
-                overflow = dist is not None and not torch.isfinite(dist[-2])
+                overflow = check and dist is not None and not torch.isfinite(dist[-2])  # a check syncs a GPU
                 if check and (overflow or not torch.isfinite(loss)):  # sgd_step did not update
                     status = "diverged"
                     what = "the distance to E overflows" if overflow else f"the loss is {loss.item()}"
@@ -347,9 +359,15 @@ def open_run_dir(cfg, run_dir: Path) -> tuple[Path, str, dict | None]:
         raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; refusing to overwrite it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if ckpt is not None and ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
-        log.warning("resuming with %d torch threads, as the interrupted run had", ckpt["threads"])
-        torch.set_num_threads(ckpt["threads"])
+    saved_threads = ckpt.get("threads") if ckpt is not None else None
+    if saved_threads is not None and saved_threads != torch.get_num_threads():
+        if cfg.threads:  # the user's explicit choice wins, but say what it costs
+            log.warning(
+                "threads=%d differs from the interrupted run's %d: not bitwise exact", cfg.threads, saved_threads
+            )
+        else:
+            log.warning("resuming with %d torch threads, as the interrupted run had", saved_threads)
+            torch.set_num_threads(saved_threads)
     return run_dir, digest, ckpt
 
 
@@ -385,6 +403,7 @@ def save_weights(path: Path, model: EqCNN, step: int) -> None:
     with torch.no_grad():
         payload = {
             "step": step,
+            "constrain": model.constrain,  # which parametrization θ (state_dict) belongs to
             "layer_names": list(model.layer_names),
             "weights": [a.detach().cpu().clone() for a in model.weights()],
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

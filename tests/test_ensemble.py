@@ -87,3 +87,17 @@ def test_a_diverging_seed_is_frozen_and_the_others_go_on():
     assert ensemble.alive.tolist() == [True, False]
     assert not torch.equal(ensemble.thetas[0][0], before[0][0])  # seed 0 moved
     assert all(torch.equal(t[1], b[1]) for t, b in zip(ensemble.thetas, before))  # seed 1 frozen, finite
+
+
+def test_a_diverged_seed_is_recorded_as_its_own_run_would_be(tmp_path):
+    """Same status, step, epoch count and finite last state as the seed run alone."""
+    bad = ("experiment=smoke", "max_steps=null", "epochs=2", "mode=nomreg", "gamma=1000", "lr=1")
+    train(make_config(*bad, "seeds=2"), tmp_path / "e")
+    train(make_config(*bad, "seed=1"), tmp_path / "a")
+    together, alone = (
+        json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "e" / "seed=1", tmp_path / "a")
+    )
+    assert together["status"] == alone["status"] == "diverged"
+    assert (together["steps"], together["epochs_done"]) == (alone["steps"], alone["epochs_done"])
+    saved = torch.load(tmp_path / "e" / "seed=1" / "weights.pt", weights_only=True)
+    assert saved["step"] == alone["steps"] and all(torch.isfinite(a).all() for a in saved["weights"])

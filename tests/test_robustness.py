@@ -237,3 +237,30 @@ def test_resume_auto_without_a_checkpoint_starts_over(run_train, tmp_path):
 def test_resume_restores_the_thread_count(run_train):
     run = run_train(*TINY, "max_steps=3")
     assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "mode=choice(nomreg,augreg)"],
+        ["-m", "experiment=glob(*)"],
+        ["mode='augreg'"],
+        ["mode= augreg"],
+        ["model@pkg=deep_cnn"],
+        ["-sc", "install=bash"],
+        ["--config-dir", "mine", "experiment=mine"],
+        ["--cfg", "job", "mode=nomreg"],
+        ["+phases=[{mode:nominal,epochs:1}]", "phases.0.epochs=2"],
+        ["-m", "experiment=paper,stability", "'seed=range(3)'"],
+    ],
+)
+def test_precheck_leaves_valid_command_lines_to_hydra(args):
+    from eqtrain.cli import precheck
+
+    assert precheck(args) is None
+
+
+def test_train_restores_the_thread_count(run_train):
+    before = torch.get_num_threads()
+    run_train(*TINY, "max_steps=2", f"threads={max(1, before - 1) if before > 1 else 2}")
+    assert torch.get_num_threads() == before

@@ -207,3 +207,12 @@ def test_paper_preset_runs_on_mnist_files(run_train, tmp_path):
     run = run_train("experiment=paper", f"dataset.data_dir={tmp_path / 'mnist'}", "max_steps=4", "mode=nomreg")
     m = run.metrics()
     assert m["status"] == "completed" and m["hparams"]["dataset"] == "mnist" and m["steps"] == 4
+
+
+def test_restore_is_exact_for_the_basis_parametrization(tmp_path):
+    from eqtrain.rundir import restore
+    from eqtrain.train import train
+
+    train(make_config(*TINY, "model.parametrization=basis", "model.support=cross", "max_steps=3"), tmp_path)
+    saved = torch.load(tmp_path / "weights.pt", weights_only=True)["weights"]
+    assert all(torch.equal(a, b) for a, b in zip(restore(tmp_path).model.weights(), saved))
