@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Keys that do not change the numbers a run produces, so a resume may change them.
-_NOT_HASHED = ("resume", "force_resume", "threads", "analyze")
+_NOT_HASHED = ("resume", "force_resume", "threads", "analyze", "analyze_samples", "analyze_iterations")
 
 
 def config_hash(cfg) -> str:

@@ -106,6 +106,8 @@ class Config:
     resume: Any = None  # null | true (this run dir) | auto (if a checkpoint exists) | <run dir>
     force_resume: bool = False  # resume even from a checkpoint of a different config
     analyze: bool = False  # stability analysis (Hessian on E⊥) at the end of the run
+    analyze_samples: int = 256  # training images (each under all of G) the Hessian is taken on
+    analyze_iterations: int = 40  # Lanczos steps per subspace
     search: SearchConfig = field(default_factory=SearchConfig)
 
 

@@ -77,6 +77,8 @@ def validate(cfg) -> Settings:
     need(cfg.device in DEVICES, "device", f"use one of {', '.join(DEVICES)}")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "use an int >= 1 or null")
     need(cfg.seeds >= 1, "seeds", "use an int >= 1")
+    need(cfg.analyze_samples >= 1, "analyze_samples", "use an int >= 1")
+    need(cfg.analyze_iterations >= 1, "analyze_iterations", "use an int >= 1")
     need(cfg.init.sigma >= 0 and math.isfinite(cfg.init.sigma), "init.sigma", "use a finite number >= 0")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not valid: no CUDA GPU is visible to torch; use device=cpu or device=auto")

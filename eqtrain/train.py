@@ -311,7 +311,10 @@ def _train(cfg, run_dir: str | Path) -> dict[str, object]:
     if cfg.analyze and finite:
         from .stability import analyze_run  # SPEC §5.4: γ_crit and the stable window at the final point
 
-        analyze_run(model, data, group, cfg.lr, run_dir, step, logger=logger, data_scale=cfg.data_scale)
+        analyze_run(
+            model, data, group, cfg.lr, run_dir, step, logger, cfg.analyze_samples, cfg.analyze_iterations,
+            data_scale=cfg.data_scale,
+        )  # fmt: skip
     logger.close()
     if finite:
         save_weights(run_dir / WEIGHTS_FILE, model, step)

@@ -298,3 +298,17 @@ def test_analyze_run_logs_through_an_open_run_logger_from_a_float32_model(tmp_pa
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("stability/gamma_crit")] == [7]
+
+
+def test_analyze_true_at_the_end_of_a_run(run_train):
+    """analyze=true writes stability.json and the stability/* curves into the run itself."""
+    from .conftest import TINY
+
+    run = run_train(
+        *TINY, "mode=equivariant", "model.channels=[4,4]", "max_steps=5", "analyze=true",
+        "analyze_samples=8", "analyze_iterations=6",
+    )  # fmt: skip
+    result = json.loads((run.dir / "stability.json").read_text())
+    assert result["gamma_crit"] == max(0.0, -result["lambda_min_perp"])
+    steps, values = run.scalars("stability/gamma_crit")
+    assert steps == [5] and values[0] == pytest.approx(result["gamma_crit"], rel=1e-6)
