@@ -117,7 +117,7 @@ def precheck(args: list[str]) -> str | None:
         if override.type != OverrideType.CHANGE or override.package or key.startswith("hydra") or "/" in key:
             continue
         if key in GROUPS:
-            if override.value_type in (ValueType.ELEMENT,):
+            if override.value_type == ValueType.ELEMENT:
                 chosen = [override.value()]
             elif override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
                 chosen = list(override.value().list)

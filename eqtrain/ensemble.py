@@ -25,9 +25,9 @@ from .data import Data, load_dataset
 from .group import Group
 from .init import initial_weights
 from .logger import RunLogger, write_json
-from .metrics import distance_to_e, evaluate
+from .metrics import distance_to_e, distance_vector, evaluate
 from .model import EqCNN, build_model, logits_at
-from .settings import ConfigError, hparams_of, validate
+from .settings import ConfigError, Settings, hparams_of
 from .train import (
     CONFIG_FILE,
     GPU_CHECK_EVERY,
@@ -35,6 +35,7 @@ from .train import (
     METRICS_FILE,
     WEIGHTS_FILE,
     _generator,
+    holds_run,
     save_weights,
     set_aside,
     step_row,
@@ -88,11 +89,8 @@ class SeedEnsemble:
             alive = self.alive & torch.isfinite(loss)
             dist = None
             if measure:  # before the update: for identity parametrizations `weights` aliases θ
-                per_layer = torch.stack([p.flatten(1).norm(dim=1) for p in perps], dim=1)  # (N, L)
-                norm = torch.stack([a.flatten(1).norm(dim=1) for a in weights], dim=1).norm(dim=1)
-                total = per_layer.norm(dim=1)
-                dist = torch.cat([per_layer, total[:, None], (total / norm)[:, None]], dim=1)
-                alive &= torch.isfinite(total)
+                dist = distance_vector(weights, perps, batched=True)
+                alive &= torch.isfinite(dist[:, -2])
             scale = self.data_scale
             new_thetas = []
             for t, g, b, p in zip(self.thetas, g_theta, self.bases, perps):
@@ -133,9 +131,11 @@ def _augment(augmenter: Augmenter, generators, kind: str, x: torch.Tensor, y: to
     return xa, ya.view(order, n_seeds, b).transpose(0, 1).flatten(1, 2)
 
 
-def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
-    """Train seeds cfg.seed, ..., cfg.seed + cfg.seeds − 1 together; one run directory per seed."""
-    settings = validate(cfg)
+def train_ensemble(cfg, settings: Settings, run_dir: str | Path) -> dict[str, object]:
+    """Train seeds cfg.seed, ..., cfg.seed + cfg.seeds − 1 together; one run directory per seed.
+
+    ``settings`` is ``validate(cfg)``, already done by ``train``.
+    """
     if cfg.resume == "auto":  # the submitit launchers' default: an ensemble has nothing to resume from
         log.warning("seeds=%d writes no checkpoints: a requeued job starts over", cfg.seeds)
     resume = cfg.resume not in (None, False, "auto")
@@ -149,7 +149,7 @@ def train_ensemble(cfg, run_dir: str | Path) -> dict[str, object]:
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     dirs = [run_dir / f"seed={s}" for s in seeds]
     for d in dirs:
-        if (d / METRICS_FILE).exists() or any(d.glob("events.out.tfevents.*")):
+        if holds_run(d):
             if cfg.resume != "auto":
                 raise ConfigError(f"run directory {str(d)!r} already holds a run; refusing to overwrite it")
             set_aside(d)

@@ -14,12 +14,17 @@ def distance_tags(layer_names: list[str]) -> list[str]:
     return [f"dist_to_E/{n}" for n in layer_names] + ["dist_to_E/total", "dist_to_E_rel/total"]
 
 
-def distance_vector(weights: list[torch.Tensor], perps: list[torch.Tensor]) -> torch.Tensor:
+def distance_vector(weights: list[torch.Tensor], perps: list[torch.Tensor], batched: bool = False) -> torch.Tensor:
     """‖Π_{E⊥}A_i‖ per layer, then ‖Π_{E⊥}A‖ and ‖Π_{E⊥}A‖/‖A‖, as one tensor (SPEC §7).
 
+    With ``batched`` the tensors carry a leading seed axis (an ensemble) and so does the result.
     Few kernels (this runs every step) and no ``.item()``: the log must not force a device sync.
     """
     n = len(perps)
+    if batched:  # a seed axis in front: (N, 2n) norms, (N, 2) totals
+        norms = torch.stack([t.flatten(1).norm(dim=1) for t in [*perps, *weights]], dim=1)
+        totals = torch.linalg.vector_norm(norms.view(-1, 2, n), dim=2)
+        return torch.cat([norms[:, :n], totals[:, :1], totals[:, :1] / totals[:, 1:]], dim=1)
     norms = torch.stack(torch._foreach_norm([*perps, *weights]))  # (2n,): ‖Π_{E⊥}A_i‖, then ‖A_i‖
     totals = torch.linalg.vector_norm(norms.view(2, n), dim=1)  # (‖Π_{E⊥}A‖, ‖A‖)
     return torch.cat([norms[:n], totals[:1], totals[:1] / totals[1:]])

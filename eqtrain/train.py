@@ -146,7 +146,7 @@ def _train(cfg, run_dir: str | Path) -> dict[str, object]:
     if cfg.seeds > 1:
         from .ensemble import train_ensemble
 
-        return train_ensemble(cfg, run_dir)
+        return train_ensemble(cfg, settings, run_dir)
     run_dir, digest, ckpt = open_run_dir(cfg, Path(run_dir))
     device, gamma, phases = settings.device, settings.gamma, settings.phases
     data = load_dataset(cfg.dataset).to(device, settings.dtype)
@@ -354,7 +354,7 @@ def open_run_dir(cfg, run_dir: Path) -> tuple[Path, str, dict | None]:
     resuming = cfg.resume is True or (isinstance(cfg.resume, str) and cfg.resume != "auto")
     resuming |= cfg.resume == "auto" and (run_dir / CHECKPOINT_FILE).exists()
     ckpt = load_checkpoint(run_dir, digest, cfg.force_resume) if resuming else None
-    started_before = (run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))
+    started_before = holds_run(run_dir)
     if ckpt is None and started_before and cfg.resume == "auto":
         stale = set_aside(run_dir)  # e.g. a requeued job killed before its first checkpoint
         log.warning("resume=auto: no checkpoint in %s; starting over (earlier files moved to %s)", run_dir, stale)
@@ -386,6 +386,11 @@ def check_models_and_start(cfg, settings: Settings, group: Group, data: Data) ->
         except ValueError as err:
             raise ConfigError(f"{reason}: {err}" if len(models) else str(err)) from err
     return initial_weights(models[0], cfg.init.scheme, cfg.init.sigma, cfg.seed)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a directory already holds (part of) a run: its metrics or its curves."""
+    return (run_dir / METRICS_FILE).exists() or any(run_dir.glob("events.out.tfevents.*"))
 
 
 def set_aside(run_dir: Path) -> Path:
