@@ -1,7 +1,8 @@
-"""eqtrain: train CNNs under a symmetry group and measure their distance to the equivariant subspace E."""
+"""eqtrain: train CNNs under a symmetry group and measure their distance to the equivariant subspace E.
 
-from .config import register_configs
+Importing the package is cheap (no torch): the command line checks its arguments before the heavy
+imports. The layers, bottom to top: ``schema`` → ``geometry`` → ``nets`` → ``data`` → ``run`` →
+``analysis`` → ``training`` → ``cli``; each imports only from layers below it.
+"""
 
-__version__ = "0.1.0"
-
-register_configs()
+__version__ = "0.2.0"

@@ -1,5 +1,5 @@
 """The paper's figure and a summary table from a sweep directory (same as the `eqtrain-plot` command)."""
 
-from eqtrain.plot import main
+from eqtrain.cli.plot import main
 
 raise SystemExit(main())

@@ -1,17 +1,19 @@
-"""The structured config schema, registered in Hydra's ConfigStore on import of ``eqtrain``.
+"""The structured config schema: every key, its type and its default, in one place.
 
 The dataclasses are the single source of the defaults and types; the YAML files in
-``configs/`` only select and adjust them. Being typed and closed (struct mode), a typo such as
-``gamm=0.1`` or ``mode=augrg`` fails at composition with Hydra's own message.
+``configs/`` only select and adjust them (a model preset names what differs from the paper CNN,
+a mode file names a row of the mode table in ``eqtrain.training.modes``). The command line
+registers them in Hydra's ConfigStore; being typed and closed (struct mode), a typo such as
+``gamm=0.1`` fails at composition. Below the command line the code sees these dataclasses as
+typed Python objects (``OmegaConf.to_object``), never the raw Hydra config.
+
+A leaf module: no torch, no Hydra, nothing of eqtrain.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 DEFAULT_GAMMA = 1.0  # γ of the regularized modes when ``gamma`` is left unset
 
@@ -50,12 +52,9 @@ class GroupConfig:
 
 @dataclass
 class ModeConfig:
-    """One row of the table of SPEC §4 (see eqtrain/modes.py)."""
+    """A row of the table of SPEC §4, by name; the table itself is ``eqtrain.training.modes.MODES``."""
 
     name: str = "augreg"
-    augment: bool = True
-    constrain: bool = False
-    regularize: bool = True
 
 
 @dataclass
@@ -89,6 +88,10 @@ class Config:
     mode: ModeConfig = field(default_factory=ModeConfig)
     init: InitConfig = field(default_factory=InitConfig)
     gamma: Optional[float] = None  # weight of γΓ; unset = DEFAULT_GAMMA in augreg / nomreg
+    gamma_schedule: str = "constant"  # constant | linear | exp | cosine: γ_t ramps from gamma_start to gamma
+    gamma_start: float = 0.0  # γ at step 0 of a ramp (exp needs > 0)
+    gamma_ramp_epochs: float = 0.0  # length of the ramp in epochs (fractions allowed) ...
+    gamma_ramp_steps: Optional[int] = None  # ... or in steps (takes precedence when set)
     seed: int = 0
     seeds: int = 1  # > 1: train seeds seed .. seed+seeds-1 together as one vectorised ensemble
     epochs: int = 10
@@ -109,9 +112,3 @@ class Config:
     analyze_samples: int = 256  # training images (each under all of G) the Hessian is taken on
     analyze_iterations: int = 40  # Lanczos steps per subspace
     search: SearchConfig = field(default_factory=SearchConfig)
-
-
-def register_configs() -> None:
-    ConfigStore.instance().store(name="eqtrain_schema", node=Config)
-    # ${inv:${batch_size}}: the paper preset's data_scale = 1 / batch_size
-    OmegaConf.register_new_resolver("inv", lambda x: 1.0 / float(x), replace=True)

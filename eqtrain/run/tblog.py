@@ -1,4 +1,4 @@
-"""TensorBoard event files, hparams, metrics.json and the console progress line.
+"""TensorBoard: one run's event file, its per-step scalars and its hparams.
 
 Per-step scalars arrive as one small tensor per step (kept on the device), and are written in
 chunks through ``events.EventWriter``'s vectorised path: one event per step carrying all its
@@ -8,10 +8,6 @@ computation of a step.) The event files read back like any others.
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -68,49 +64,3 @@ class RunLogger:
     def close(self) -> None:
         self.flush()
         self.events.close()
-
-
-def write_json(path: str | Path, payload: dict) -> None:
-    """Write JSON atomically (temp file + rename): a reader never sees half a file.
-
-    Non-finite floats become the strings "nan" / "inf" / "-inf" (strict JSON has no such numbers).
-    """
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-class Progress:
-    """One console line: epoch, step, loss and distance; redrawn in place on a terminal."""
-
-    def __init__(self, total_steps: int, every_s: float = 0.25) -> None:
-        self.total, self.every_s = total_steps, every_s
-        self.tty = sys.stderr.isatty()
-        self._last = 0.0
-
-    def update(self, epoch: int, step: int, loss: torch.Tensor, dist: torch.Tensor) -> None:
-        now = time.monotonic()
-        if not self.tty or now - self._last < self.every_s:
-            return
-        self._last = now
-        frac = step / max(self.total, 1)
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        sys.stderr.write(
-            f"\r[{bar}] epoch {epoch} step {step}/{self.total} loss {loss.item():.4f} d(A) {dist.item():.3e}"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")

@@ -5,13 +5,16 @@
   pixel permutations, no per-sample Python loop.
 - ``orbit``: every sample appears under every g (the exact ∇R^aug of the batch); the batch
   grows |G|-fold.
+
+Batches of an ensemble carry a leading seed axis, and each seed draws its group elements from
+its own generator, exactly as its own run would.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .group import Group
+from ..geometry.group import Group
 
 AUGMENT_KINDS = ("random", "orbit")
 
@@ -38,3 +41,17 @@ class Augmenter:
             return out.permute(2, 0, 1, 3).reshape(-1, c, h, w), y.repeat(self.group.order)
         index = self.perms[elements.to(self.perms.device)]  # (n, s)
         return flat.gather(2, index[:, None, :].expand(n, c, h * w)).view(n, c, h, w), y
+
+    def seeds(
+        self, x: torch.Tensor, y: torch.Tensor, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each seed's batch (x: (N, B, C, H, W), y: (N, B)) augmented with that seed's own stream."""
+        n_seeds, b = y.shape
+        if self.kind == "random":
+            elements = torch.cat([self.sample(b, g) for g in generators])
+            xa, ya = self(x.flatten(0, 1), y.flatten(0, 1), elements)
+            return xa.view(x.shape), ya.view(y.shape)
+        xa, ya = self(x.flatten(0, 1), y.flatten(0, 1))  # (|G|·N·B, ...): regroup per seed, g-major
+        order = self.group.order
+        xa = xa.view(order, n_seeds, b, *x.shape[2:]).transpose(0, 1).flatten(1, 2)
+        return xa, ya.view(order, n_seeds, b).transpose(0, 1).flatten(1, 2)

@@ -15,28 +15,24 @@ default, with the projections rebuilt in that dtype.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf.errors import OmegaConfBaseException
-from yaml import YAMLError
 
-from .augment import Augmenter
-from .data import Data, DataUnavailable
-from .group import Group
-from .logger import RunLogger, write_json
-from .model import EqCNN, logits_at
-from .projection import LayerSpace
+from ..data.augment import Augmenter
+from ..data.datasets import Data
+from ..geometry.group import Group
+from ..geometry.projection import LayerSpace
+from ..nets.cnn import EqCNN, logits_at
+from ..run.files import STABILITY_FILE, write_json
+from ..run.tblog import RunLogger
 
 log = logging.getLogger(__name__)
 
-STABILITY_FILE = "stability.json"
 TB_TAGS = ("lambda_min_perp", "lambda_max_perp", "gamma_crit", "gamma_max", "lambda_min_E", "grad_norm")
 
 Weights = list[torch.Tensor]
@@ -45,7 +41,7 @@ Weights = list[torch.Tensor]
 class AugmentedRisk:
     """R^aug(A) on a fixed set of images, with every g·x present (exact orbit augmentation, SPEC §4).
 
-    Holds a copy of the model's point A*, biases and subspaces in ``dtype``; the model is not touched.
+    Holds a copy of seed k's point A*, biases and subspaces in ``dtype``; the model is not touched.
     ``data_scale`` multiplies the data term as the run's objective does (SPEC §8).
     """
 
@@ -58,15 +54,17 @@ class AugmentedRisk:
         dtype: torch.dtype = torch.float64,
         data_scale: float = 1.0,
         chunk: int = 256,
+        seed_index: int = 0,
     ) -> None:
         self.arch, self.group, self.data_scale, self.chunk = model.arch, group, data_scale, chunk
+        k = seed_index
         with torch.no_grad():
-            self.point = [a.detach().to(dtype) for a in model.weights()]
-            self.biases = [b.detach().to(dtype) for b in model.biases] if model.arch.bias else None
+            self.point = [a[k].detach().to(dtype) for a in model.weights()]
+            self.biases = [b[k : k + 1].detach().to(dtype) for b in model.biases] if model.arch.bias else None
         device = self.point[0].device
         # Float64-exact projections, rebuilt rather than cast from the model's (float32) ones.
         self.spaces = [
-            LayerSpace(group, s.h, s.w, s.omega.reshape(s.h, s.w).cpu(), dtype=dtype).to(device) for s in model.spaces
+            LayerSpace(group, s.h, s.w, s.omega.reshape(s.h, s.w).cpu(), dtype=dtype).to(device) for s in model.space
         ]
         x = x.to(device, dtype)
         self.x, self.y = Augmenter(group, "orbit", x.shape[-2], x.shape[-1], device)(x, y.to(device))
@@ -103,7 +101,7 @@ class AugmentedRisk:
         return [a.detach().requires_grad_() for a in weights]
 
     def _chunk_loss(self, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits_at(self.arch, weights, x, self.biases), y)
+        return F.cross_entropy(logits_at(self.arch, [a[None] for a in weights], x, self.biases)[0], y)
 
     @torch.no_grad()
     def loss(self, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
@@ -227,6 +225,7 @@ def analyze(
     dtype: torch.dtype = torch.float64,
     rtol: float = 1e-6,
     chunk: int = 256,
+    seed_index: int = 0,
 ) -> dict[str, object]:
     """H_⊥ and H_E of R^aug at the model's weights on the first ``samples`` training images.
 
@@ -247,7 +246,7 @@ def analyze(
             "the weight-space Hessian analysed here, so the gamma window of SPEC §5.4 is only indicative (§3)"
         )
     x, y = data.x_train[:samples], data.y_train[:samples]
-    risk = AugmentedRisk(model, x, y, group, dtype, data_scale, chunk)
+    risk = AugmentedRisk(model, x, y, group, dtype, data_scale, chunk, seed_index)
     dim_e, dim_perp = risk.dims()
     perp = extreme_eigenvalues(risk.hvp, risk.project_perp, risk.point, min(iterations, dim_perp), seed)
     on_e = extreme_eigenvalues(risk.hvp, risk.project_e, risk.point, min(iterations, dim_e), seed)
@@ -303,12 +302,13 @@ def analyze_run(
     iterations: int = 40,
     seed: int = 0,
     data_scale: float = 1.0,
+    seed_index: int = 0,
 ) -> dict[str, object]:
     """``analyze``, then write RUN_DIR/stability.json and the ``stability/*`` scalars at ``step``.
 
     With an open ``logger`` the scalars go through it; otherwise a new event file is added.
     """
-    result = analyze(model, data, group, lr, samples, iterations, seed, data_scale)
+    result = analyze(model, data, group, lr, samples, iterations, seed, data_scale, seed_index=seed_index)
     result["step"] = step
     write_json(Path(run_dir) / STABILITY_FILE, result)
     scalars = {f"stability/{tag}": float(result[tag]) for tag in TB_TAGS}
@@ -343,66 +343,3 @@ def summary(result: dict[str, object]) -> str:
             f"for the augmented flow (gamma = 0): {yes[r['stable_for_augmented']]}.",
         ]
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eqtrain-analyze",
-        description="Stability of E at a finished run's weights: extreme eigenvalues of the Hessian of R^aug "
-        "on E-perp and on E, gamma_crit and the SGD window (SPEC §5.4). Writes RUN_DIR/stability.json and "
-        "stability/* scalars to the run's TensorBoard.",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished eqtrain run directory")
-    parser.add_argument("--samples", type=int, default=256, help="first N training images (default 256)")
-    parser.add_argument("--iterations", type=int, default=40, help="Lanczos steps per block (default 40)")
-    parser.add_argument("--lr", type=float, default=None, help="step size of the window (default: the run's lr)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector (default 0)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default cpu)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``eqtrain-analyze RUN_DIR [--samples N] [--iterations K] [--lr LR]``; 0 on success, 2 on a bad input."""
-    args = _parser().parse_args(argv)
-    from .rundir import restore  # imports the training module: only once the command line parsed
-    from .train import WEIGHTS_FILE
-
-    def fail(message: str) -> int:
-        print("eqtrain-analyze: error: " + " ".join(message.split()), file=sys.stderr)  # one line
-        return 2
-
-    if args.samples < 1 or args.iterations < 1:
-        return fail(f"--samples={args.samples} and --iterations={args.iterations} must be positive ints")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device=cuda is not valid: no CUDA GPU is visible to torch; use --device cpu")
-    run_dir = Path(args.run_dir)
-    try:
-        restored = restore(run_dir, args.device)
-        step = int(torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)["step"])
-    except (OSError, ValueError, KeyError, RuntimeError, DataUnavailable, OmegaConfBaseException, YAMLError) as err:
-        # A directory that is not a finished run: missing or unreadable config.yaml / weights.pt.
-        return fail(
-            str(err) if isinstance(err, FileNotFoundError) else f"cannot restore the run in {str(run_dir)!r}: {err}"
-        )
-    lr = restored.cfg.lr if args.lr is None else args.lr
-    if not (math.isfinite(lr) and lr > 0):
-        return fail(f"--lr={lr!r} is not valid: use a finite number > 0")
-    result = analyze_run(
-        restored.model,
-        restored.data,
-        restored.group,
-        lr,
-        run_dir,
-        step,
-        samples=args.samples,
-        iterations=args.iterations,
-        seed=args.seed,
-        data_scale=restored.cfg.data_scale,
-    )
-    print(summary(result))
-    print(f"-> {run_dir / STABILITY_FILE}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

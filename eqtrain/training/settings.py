@@ -1,20 +1,25 @@
-"""Validation of the top-level config and what it resolves to (the γ used, device, phases).
+"""Validation of the typed config and what it resolves to: the γ used, device, dtype, phases, seeds.
 
-Everything here runs before any data is loaded or file written, so bad input costs nothing
-and loses nothing. Messages name the key, the value and what would be valid.
+``validate`` runs once, at the edge, before any data is loaded or file written, so bad input
+costs nothing and loses nothing. Messages name the key, the value and what would be valid.
+Below it, the code reads ``Settings``: typed values, never the raw Hydra config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .augment import AUGMENT_KINDS
-from .config import DEFAULT_GAMMA
-from .modes import MODES, Dynamics, dynamics_from_config
+from ..data.augment import AUGMENT_KINDS
+from ..schema import DEFAULT_GAMMA, Config
+from .modes import MODES, Dynamics
+from .schedule import SCHEDULES, GammaSchedule
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,9 @@ class Phase:
 
 @dataclass(frozen=True)
 class Settings:
+    """A validated run: the typed config and what it resolves to."""
+
+    config: Config
     gamma: float  # the γ used by the regularized phases
     device: torch.device
     dtype: torch.dtype
@@ -51,6 +59,36 @@ class Settings:
     def mode(self) -> str:
         return ">".join(p.mode for p in self.phases)
 
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds this run trains: seed, seed + 1, ..., seed + seeds − 1."""
+        return tuple(range(self.config.seed, self.config.seed + self.config.seeds))
+
+    def of_seed(self, seed: int) -> Config:
+        """The config of one seed's own run (what an ensemble writes into that seed's directory)."""
+        return dataclasses.replace(self.config, seed=seed, seeds=1)
+
+    def hparams(self, seed: int) -> dict[str, object]:
+        return hparams_of(self.of_seed(seed), self)
+
+    def gamma_schedule(self, steps_per_epoch: int) -> GammaSchedule:
+        """γ_t of the regularized phases (SPEC §10); the ramp's length in steps."""
+        cfg = self.config
+        ramp = cfg.gamma_ramp_steps
+        ramp = round(cfg.gamma_ramp_epochs * steps_per_epoch) if ramp is None else ramp
+        return GammaSchedule(cfg.gamma_schedule, self.gamma, cfg.gamma_start, ramp)
+
+    def config_hash(self) -> str:
+        """A hash of everything that changes the numbers a run produces (a checkpoint must match it)."""
+        container = dataclasses.asdict(self.config)
+        for key in _NOT_HASHED:
+            container.pop(key, None)
+        return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Keys that do not change the numbers a run produces, so a resume may change them.
+_NOT_HASHED = ("resume", "force_resume", "threads", "analyze", "analyze_samples", "analyze_iterations")
+
 
 def _get(cfg, dotted: str):
     for part in dotted.split("."):
@@ -58,7 +96,7 @@ def _get(cfg, dotted: str):
     return cfg
 
 
-def validate(cfg) -> Settings:
+def validate(cfg: Config) -> Settings:
     """Check the top-level keys and resolve the phases; raise ConfigError on the first bad value."""
 
     def need(ok: bool, key: str, valid: str) -> None:
@@ -66,6 +104,10 @@ def validate(cfg) -> Settings:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: {valid}")
 
     need(cfg.gamma is None or (math.isfinite(cfg.gamma) and cfg.gamma >= 0), "gamma", "use a finite number >= 0")
+    dtype = DTYPES.get(cfg.dtype, torch.float32)
+    largest = torch.finfo(dtype).max  # γ and lr enter the update as numbers of the run's dtype
+    need(cfg.gamma is None or cfg.gamma <= largest, "gamma", f"larger than the largest {cfg.dtype} ({largest:.3g})")
+    need(cfg.lr <= largest or not math.isfinite(cfg.lr), "lr", f"larger than the largest {cfg.dtype} ({largest:.3g})")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "use a finite number > 0")
     need(cfg.batch_size >= 1, "batch_size", "use an int >= 1")
     need(cfg.epochs >= 0, "epochs", "use an int >= 0")
@@ -77,6 +119,11 @@ def validate(cfg) -> Settings:
     need(cfg.device in DEVICES, "device", f"use one of {', '.join(DEVICES)}")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "use an int >= 1 or null")
     need(cfg.seeds >= 1, "seeds", "use an int >= 1")
+    need(cfg.gamma_schedule in SCHEDULES, "gamma_schedule", f"use one of {', '.join(SCHEDULES)}")
+    need(math.isfinite(cfg.gamma_start) and cfg.gamma_start >= 0, "gamma_start", "use a finite number >= 0")
+    need(cfg.gamma_schedule != "exp" or cfg.gamma_start > 0, "gamma_start", "gamma_schedule=exp needs a number > 0")
+    need(math.isfinite(cfg.gamma_ramp_epochs) and cfg.gamma_ramp_epochs >= 0, "gamma_ramp_epochs", "use a number >= 0")
+    need(cfg.gamma_ramp_steps is None or cfg.gamma_ramp_steps >= 0, "gamma_ramp_steps", "use an int >= 0 or null")
     need(cfg.analyze_samples >= 1, "analyze_samples", "use an int >= 1")
     need(cfg.analyze_iterations >= 1, "analyze_iterations", "use an int >= 1")
     need(cfg.init.sigma >= 0 and math.isfinite(cfg.init.sigma), "init.sigma", "use a finite number >= 0")
@@ -99,12 +146,13 @@ def validate(cfg) -> Settings:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    return Settings(gamma=gamma, device=device, dtype=DTYPES[cfg.dtype], phases=phases)
+    return Settings(config=cfg, gamma=gamma, device=device, dtype=DTYPES[cfg.dtype], phases=phases)
 
 
 def _phases(cfg, need) -> tuple[Phase, ...]:
     if not cfg.phases:
-        return (Phase(cfg.mode.name, dynamics_from_config(cfg.mode), cfg.epochs, cfg.augment),)
+        need(cfg.mode.name in MODES, "mode.name", f"use one of {', '.join(MODES)}")
+        return (Phase(cfg.mode.name, MODES[cfg.mode.name], cfg.epochs, cfg.augment),)
     phases = []
     for i, p in enumerate(cfg.phases):
         need(p.mode in MODES, f"phases.{i}.mode", f"use one of {', '.join(MODES)}")
@@ -119,7 +167,7 @@ def _describe(phases) -> str:
     return " > ".join(f"{p.mode}[{p.augment}]x{p.epochs}" if p.dyn.augment else f"{p.mode}x{p.epochs}" for p in phases)
 
 
-def hparams_of(cfg, settings: Settings) -> dict[str, object]:
+def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
     """The same keys for every run, so TensorBoard's HParams tab can compare a sweep."""
     return {
         "mode": settings.mode,
@@ -154,4 +202,11 @@ def hparams_of(cfg, settings: Settings) -> dict[str, object]:
         "normalize": cfg.dataset.normalize,
         "phases": _describe(settings.phases) if cfg.phases else "",
         "twin": cfg.twin,
+        "gamma_schedule": cfg.gamma_schedule,
+        "gamma_start": cfg.gamma_start if cfg.gamma_schedule != "constant" else 0.0,
+        "gamma_ramp": _ramp(cfg) if cfg.gamma_schedule != "constant" else "",
     }
+
+
+def _ramp(cfg: Config) -> str:
+    return f"{cfg.gamma_ramp_steps} steps" if cfg.gamma_ramp_steps is not None else f"{cfg.gamma_ramp_epochs:g} epochs"

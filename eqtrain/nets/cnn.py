@@ -4,6 +4,10 @@ Layers: conv k×k (zero padding k//2) → average pool → activation → LayerN
 (no affine), repeated, then flatten → linear head. Every learnable linear map is a
 ``ParametrizedMap`` paired with the ``LayerSpace`` that knows its E; the forward pass only
 ever sees plain weight tensors, so a new group or parametrization touches no layer code.
+
+Every weight carries a leading seed axis: N seeds of one architecture are one network whose
+convolutions are grouped by seed (N = 1 is a plain convolution), so an ensemble costs like
+one wider model and a single run is the N = 1 case of the same code.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .group import Group
-from .parametrization import ParametrizedMap, make_basis
-from .projection import LayerSpace
-from .support import make_support
+from ..geometry.group import Group
+from ..geometry.parametrization import ParametrizedMap, make_basis
+from ..geometry.projection import LayerSpace
+from ..geometry.space import Distances, NetworkSpace
+from ..geometry.support import make_support
+from ..schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,7 @@ def _per_layer(value: int | Sequence[int], n: int, key: str) -> tuple[int, ...]:
     return values
 
 
-def architecture_from_config(model_cfg, in_shape: tuple[int, int, int], n_classes: int) -> Architecture:
+def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, int], n_classes: int) -> Architecture:
     channels = tuple(model_cfg.channels)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
         raise ValueError(f"model.channels={list(channels)!r} must be a non-empty list of positive ints")
@@ -103,7 +109,7 @@ def architecture_from_config(model_cfg, in_shape: tuple[int, int, int], n_classe
 
 
 class EqCNN(nn.Module):
-    """A CNN whose weights live in L (or, with ``constrain``, in E)."""
+    """N CNNs of one architecture (one per seed) whose weights live in L (or, with ``constrain``, in E)."""
 
     def __init__(
         self,
@@ -114,6 +120,7 @@ class EqCNN(nn.Module):
         constrain: bool = False,
         basis_seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        seeds: int = 1,
     ) -> None:
         super().__init__()
         c_in, h, w = arch.in_shape
@@ -124,20 +131,20 @@ class EqCNN(nn.Module):
         k = arch.kernel_size
         fh, fw = arch.grids()[-1]
         generator = torch.Generator().manual_seed(basis_seed)
-        self.spaces = nn.ModuleList()
-        self.maps = nn.ModuleList()
+        spaces, self.maps = [], nn.ModuleList()
         shapes = [(c_out, c, k, k, support) for c, c_out in zip((c_in, *arch.channels), arch.channels)]
         shapes.append((arch.n_classes, arch.channels[-1], fh, fw, None))  # the invariant head
         for out_dim, in_dim, sh, sw, mask in shapes:
             space = LayerSpace(group, sh, sw, mask, dtype=dtype)
             basis = make_basis(space, parametrization, constrain, generator)
-            self.spaces.append(space)
-            self.maps.append(ParametrizedMap(out_dim, in_dim, sh * sw, basis, dtype))
-        self.layer_names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
+            spaces.append(space)
+            self.maps.append(ParametrizedMap(seeds, out_dim, in_dim, sh * sw, basis, dtype))
+        names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
+        self.space = NetworkSpace(names, spaces)
         n_bias = len(arch.channels) + 1 if arch.bias else 0
         # Biases are per channel / per class, hence already invariant (SPEC §1): not part of A.
         sizes = [*arch.channels, arch.n_classes][:n_bias]
-        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(c, dtype=dtype)) for c in sizes])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(seeds, c, dtype=dtype)) for c in sizes])
 
     @staticmethod
     def _check(arch: Architecture, group: Group, constrain: bool) -> None:
@@ -169,8 +176,16 @@ class EqCNN(nn.Module):
                 group.name,
             )
 
+    @property
+    def seeds(self) -> int:
+        return self.maps[0].theta.shape[0]
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.space.names
+
     def weights(self) -> list[torch.Tensor]:
-        """The tuple A = (A_1, ..., A_n), each of shape (out, in, s)."""
+        """The tuple A = (A_1, ..., A_n), each of shape (N, out, in, s)."""
         return [m.weight() for m in self.maps]
 
     @torch.no_grad()
@@ -181,34 +196,63 @@ class EqCNN(nn.Module):
 
     def perp(self, weights: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Π_{E⊥}A per layer (SPEC §2)."""
-        weights = self.weights() if weights is None else weights
-        return [space.project_perp(a) for space, a in zip(self.spaces, weights)]
+        return self.space.project_perp(self.weights() if weights is None else weights)
+
+    def distances(self) -> Distances:
+        """d(A) per layer, in total and relative, per seed (SPEC §7)."""
+        with torch.no_grad():
+            return self.space.distances(self.weights())
 
     def dim_e(self) -> int:
-        return sum(m.theta.shape[0] * m.theta.shape[1] * s.orbits_in_e for m, s in zip(self.maps, self.spaces))
+        return self.space.dim_e([m.channels for m in self.maps])
+
+    def n_params(self) -> int:
+        """Learnable numbers of one seed's network."""
+        return sum(p.numel() for p in self.parameters()) // self.seeds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, B, classes) of every seed on x: (B, C, H, W) shared, or (N, B, C, H, W) per seed."""
         return logits_at(self.arch, self.weights(), x, list(self.biases) if self.arch.bias else None)
 
 
 def logits_at(
     arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """The network of ``arch`` at weights A (one (out, in, s) tensor per layer): the forward pass."""
+    """The N networks of ``arch`` at weights A (one (N, out, in, s) tensor per layer): the forward pass.
+
+    ``x`` is (B, C, H, W), shown to every seed, or (N, B, C, H, W), one batch per seed. The seeds'
+    channels are stacked and each convolution is grouped by seed (for N = 1, a plain one).
+    """
+    n = weights[0].shape[0]
+    if x.dim() == 5:
+        b = x.shape[1]
+        h = x.transpose(0, 1).reshape(b, n * x.shape[2], *x.shape[3:])
+    else:
+        b = x.shape[0]
+        h = x if n == 1 else x.repeat(1, n, 1, 1)
     k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
     for i, a in enumerate(weights[:-1]):
-        bias = biases[i] if biases is not None else None
-        x = F.conv2d(x, a.reshape(a.shape[0], a.shape[1], k, k), bias, arch.stride[i], k // 2)
+        bias = biases[i].reshape(-1) if biases is not None else None
+        h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=n)
         if arch.pool[i] > 1:
-            x = F.avg_pool2d(x, arch.pool[i])
-        x = act(x)
+            h = F.avg_pool2d(h, arch.pool[i])
+        h = act(h)
         if arch.layernorm:
-            x = F.layer_norm(x, x.shape[-2:])
+            h = F.layer_norm(h, h.shape[-2:])
     head = weights[-1]
-    return F.linear(x.flatten(1), head.reshape(head.shape[0], -1), biases[-1] if biases is not None else None)
+    out = torch.bmm(h.reshape(b, n, -1).transpose(0, 1), head.flatten(2).transpose(1, 2))  # (N, B, classes)
+    return out if biases is None else out + biases[-1][:, None, :]
 
 
-def build_model(model_cfg, group: Group, in_shape, n_classes: int, constrain: bool, dtype=torch.float32) -> EqCNN:
+def build_model(
+    model_cfg: ModelConfig,
+    group: Group,
+    in_shape: tuple[int, int, int],
+    n_classes: int,
+    constrain: bool,
+    dtype: torch.dtype = torch.float32,
+    seeds: int = 1,
+) -> EqCNN:
     arch = architecture_from_config(model_cfg, in_shape, n_classes)
     support = make_support(model_cfg.support, arch.kernel_size)
-    return EqCNN(arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype)
+    return EqCNN(arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype, seeds)

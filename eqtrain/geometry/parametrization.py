@@ -1,7 +1,8 @@
 """How a layer's weight A is parametrized (SPEC §3).
 
-Every learnable linear map is ``A = θ @ B``: coordinates θ of shape (out, in, p) in a fixed
-basis B of shape (p, s) of the space the layer may move in. One mechanism covers the three cases:
+Every learnable linear map is ``A = θ @ B``: coordinates θ of shape (N, out, in, p) — N seeds
+of an ensemble, N = 1 for a single run — in a fixed basis B of shape (p, s) of the space the
+layer may move in. One mechanism covers the three cases:
 
 - ``orthogonal``: B selects the kernel entries on the support ω (orthonormal rows; the identity,
   stored as ``None``, when ω is full). SGD on θ is SGD on A restricted to L.
@@ -44,23 +45,30 @@ def make_basis(
 
 
 class ParametrizedMap(nn.Module):
-    """A learnable linear map whose weight is θ @ B (B = None means the identity)."""
+    """N learnable linear maps (one per seed) whose weights are θ @ B (B = None means the identity)."""
 
-    def __init__(self, out_dim: int, in_dim: int, size: int, basis: torch.Tensor | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self, seeds: int, out_dim: int, in_dim: int, size: int, basis: torch.Tensor | None, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         p = size if basis is None else basis.shape[0]
-        self.theta = nn.Parameter(torch.zeros(out_dim, in_dim, p, dtype=dtype))
+        self.theta = nn.Parameter(torch.zeros(seeds, out_dim, in_dim, p, dtype=dtype))
         self.register_buffer("basis", basis, persistent=False)
         pinv = None if basis is None else torch.linalg.pinv(basis.double()).to(basis.dtype)
         self.register_buffer("basis_pinv", pinv, persistent=False)
 
+    @property
+    def channels(self) -> tuple[int, int]:
+        """(out, in)."""
+        return self.theta.shape[1], self.theta.shape[2]
+
     def weight(self) -> torch.Tensor:
-        """A of shape (out, in, s)."""
+        """A of shape (N, out, in, s)."""
         return self.theta if self.basis is None else self.theta @ self.basis
 
     @torch.no_grad()
     def set_weight(self, a: torch.Tensor) -> None:
-        """θ with θ @ B = A (least squares: exact when A lies in the span of B)."""
+        """θ with θ @ B = A (least squares: exact when A lies in the span of B); A is (N, out, in, s)."""
         a = a.to(self.theta)
         self.theta.copy_(a if self.basis is None else a @ self.basis_pinv)
 

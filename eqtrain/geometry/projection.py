@@ -1,6 +1,6 @@
 """Exact projections onto H_G, L, E and E⊥ for one layer, in weight space (SPEC §2).
 
-A layer's weight is stored as a tensor of shape (out, in, s): s = h·w spatial positions
+A layer's weight is stored as a tensor of shape (..., out, in, s): s = h·w spatial positions
 (a k×k kernel, or the (h, w) grid the linear head reads per channel). The group acts on the
 spatial axis by a permutation, so every projection is a right-multiplication by an s×s matrix
 — a cached small matmul, not a loop over orbits.
@@ -66,6 +66,10 @@ class LayerSpace(nn.Module):
     def orbits_in_e(self) -> int:
         """dim E per (out, in) channel pair: the number of G-orbits inside ω_G (SPEC §2)."""
         return self.basis_e.shape[1]
+
+    def dim_e(self, out_dim: int, in_dim: int) -> int:
+        """dim E of a layer with ``out_dim`` × ``in_dim`` channel pairs."""
+        return out_dim * in_dim * self.orbits_in_e
 
     @property
     def compatible(self) -> bool:

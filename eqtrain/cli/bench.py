@@ -20,23 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import Augmenter
-from .config import ModelConfig
-from .group import Group
-from .init import initial_weights
-from .logger import RunLogger
-from .model import build_model
-from .train import PlainSGD, sgd_step, step_row, step_tags
+from ..data.augment import Augmenter
+from ..geometry.group import Group
+from ..nets.cnn import build_model
+from ..nets.init import initial_weights_of_seeds
+from ..run.tblog import RunLogger
+from ..schema import ModelConfig
+from ..training.metrics import step_rows, step_tags
+from ..training.modes import MODES, Dynamics
+from ..training.step import sgd_step
 
-# (name, augment kind or None, constrain, regularize)
-VARIANTS = [
-    ("nominal", None, False, False),
-    ("augmented_random", "random", False, False),
-    ("augmented_orbit", "orbit", False, False),
-    ("equivariant", None, True, False),
-    ("augreg", "random", False, True),
-    ("nomreg", None, False, True),
-]
+
+def variants() -> list[tuple[str, str | None, Dynamics]]:
+    """(name, augmentation kind, switches): every mode of the table, augmenting ones with random draws,
+    plus orbit augmentation (|G|× the data) as its own row."""
+    rows = [(name, "random" if dyn.augment else None, dyn) for name, dyn in MODES.items()]
+    return rows + [("augmented_orbit", "orbit", MODES["augmented"])]
 
 
 def floor_model() -> nn.Module:
@@ -69,45 +68,42 @@ def make_floor(x_all, y_all, batch):
     return step, None
 
 
-def make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, logdir):
+def make_eqtrain(x_all, y_all, batch, augment, dyn: Dynamics, logdir, seeds: int = 1):
+    """The real step of the training loop (``sgd_step`` with the per-step SPEC §7 log) for ``seeds`` seeds."""
     group = Group.from_name("c4")
-    model = build_model(ModelConfig(), group, (1, 28, 28), 10, constrain)
-    model.set_weights(initial_weights(model, "perturbed_equivariant", 1e-3, 0))
-    opt = PlainSGD(model.parameters(), lr=1e-3)
+    model = build_model(ModelConfig(), group, (1, 28, 28), 10, dyn.constrain, seeds=seeds)
+    model.set_weights(initial_weights_of_seeds(model, "perturbed_equivariant", 1e-3, list(range(seeds))))
     augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
-    gen = torch.Generator().manual_seed(0)
-    logger = RunLogger(logdir)
-    gamma = 0.1 if regularize else 0.0
-    tags = step_tags(model)
+    gens = [torch.Generator().manual_seed(k) for k in range(seeds)]
+    alive = torch.ones(seeds, dtype=torch.bool)
+    loggers = [RunLogger(f"{logdir}/{k}") for k in range(seeds)]
+    gamma = 0.1 if dyn.regularize else 0.0
+    tags = step_tags(model.layer_names)
     n = len(y_all)
 
     def step(i: int) -> None:
-        idx = torch.arange(i * batch, (i + 1) * batch) % n
+        idx = (torch.arange(i * batch * seeds, (i + 1) * batch * seeds) % n).view(seeds, batch)
         x, y = x_all[idx], y_all[idx]
         if augmenter is not None:
-            x, y = augmenter(x, y, augmenter.sample(batch, gen) if augment == "random" else None)
-        loss, dist = sgd_step(model, opt, x, y, gamma)
-        with torch.no_grad():
-            logger.log_step(i, tags, step_row(loss, dist, gamma, 1.0))
+            x, y = augmenter.seeds(x, y, gens)
+        result = sgd_step(model, x, y, 1e-3, gamma, 1.0, alive)
+        rows = step_rows(result.loss, result.distances.values, gamma, 1.0)
+        for logger, row in zip(loggers, rows):
+            logger.log_step(i, tags, row)
 
-    return step, logger
+    return step, loggers
 
 
 def measure_ensemble(n_seeds: int, batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
-    """Model-steps per second of ``seeds=N`` (one vmapped ensemble) and of N models one after another."""
-    from .ensemble import SeedEnsemble
-
-    group = Group.from_name("c4")
-    model = build_model(ModelConfig(), group, (1, 28, 28), 10, False)
-    starts = [initial_weights(model, "perturbed_equivariant", 1e-3, s) for s in range(n_seeds)]
-    ensemble = SeedEnsemble(model, starts, lr=1e-3, gamma=0.1, data_scale=1.0)
-    x, y = torch.rand(n_seeds, batch, 1, 28, 28), torch.randint(0, 10, (n_seeds, batch))
-    x_all, y_all = x.flatten(0, 1), y.flatten(0, 1)
+    """Model-steps per second of ``seeds=N`` (one batched network) and of N single runs one after another."""
+    x_all, y_all = torch.rand(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
+    augreg = MODES["augreg"]
     with tempfile.TemporaryDirectory() as tmp:
-        singles = [make_eqtrain(x_all, y_all, batch, "random", False, True, f"{tmp}/{k}") for k in range(n_seeds)]
+        ensemble, loggers = make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/e", seeds=n_seeds)
+        singles = [make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/{k}") for k in range(n_seeds)]
 
         def together(i: int) -> None:
-            ensemble.step(x, y)
+            ensemble(i)
 
         def apart(i: int) -> None:
             for step, _ in singles:
@@ -123,7 +119,7 @@ def measure_ensemble(n_seeds: int, batch: int, steps: int, rounds: int, warmup: 
                 for i in range(steps):
                     fn(r * steps + i)
                 times[name].append((time.perf_counter() - start) / steps)
-        for _, logger in singles:
+        for logger in [*loggers, *(lg for _, group in singles for lg in group)]:
             logger.close()
     return {name: n_seeds / statistics.median(t) for name, t in times.items()}
 
@@ -133,8 +129,8 @@ def measure(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float
     x_all, y_all = torch.rand(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
     with tempfile.TemporaryDirectory() as tmp:
         runners = {"floor": make_floor(x_all, y_all, batch)}
-        for name, augment, constrain, regularize in VARIANTS:
-            runners[name] = make_eqtrain(x_all, y_all, batch, augment, constrain, regularize, f"{tmp}/{name}")
+        for name, augment, dyn in variants():
+            runners[name] = make_eqtrain(x_all, y_all, batch, augment, dyn, f"{tmp}/{name}")
         times: dict[str, list[float]] = {name: [] for name in runners}
         for step, _ in runners.values():
             for i in range(warmup):
@@ -145,8 +141,8 @@ def measure(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float
                 for i in range(steps):
                     step(r * steps + i)
                 times[name].append((time.perf_counter() - start) / steps)
-        for _, logger in runners.values():
-            if logger is not None:
+        for _, loggers in runners.values():
+            for logger in loggers or ():
                 logger.close()
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -178,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds:
         rates = measure_ensemble(args.seeds, 10, max(args.steps // 4, 5), args.rounds, max(args.warmup // 4, 3))
         print(f"\nseeds={args.seeds}, augreg, batch 10: model-steps/s")
-        print(f"{'ensemble (vmap)':<20}{rates['ensemble']:>10.0f}")
+        print(f"{'ensemble (seeds=N)':<20}{rates['ensemble']:>10.0f}")
         print(f"{'sequential':<20}{rates['sequential']:>10.0f}")
         print(f"{'speed-up':<20}{rates['ensemble'] / rates['sequential']:>10.2f}")
         report["ensemble"] = {

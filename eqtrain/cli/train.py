@@ -1,8 +1,11 @@
-"""The ``eqtrain`` command: Hydra composes the config, ``train`` runs it.
+"""The ``eqtrain`` command: Hydra composes the config, it is validated once, ``train`` runs it.
 
 Errors a user can fix (a bad value, missing data files, an unusable output directory) end a
 single run with one line on stderr, ``eqtrain: error: ...``, and exit status 2. In a sweep
 the job fails but the launcher goes on with the others; Hydra reports the failure at the end.
+
+Nothing heavy is imported before Hydra has parsed the command line and the overrides passed the
+precheck: a typo or ``--help`` is answered without importing torch.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType, ValueType
@@ -24,13 +28,32 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import eqtrain  # noqa: F401  (registers the structured config schema)
-
-from .config import Config
-from .data import DataUnavailable
+from ..schema import Config
 
 log = logging.getLogger("eqtrain")
-USER_ERRORS = (ValueError, DataUnavailable, FileNotFoundError)
+
+
+def register_configs() -> None:
+    """The schema as Hydra's ``eqtrain_schema`` (configs/config.yaml builds on it), and the ``inv`` resolver."""
+    ConfigStore.instance().store(name="eqtrain_schema", node=Config)
+    # ${inv:${batch_size}}: the paper preset's data_scale = 1 / batch_size
+    OmegaConf.register_new_resolver("inv", lambda x: 1.0 / float(x), replace=True)
+
+
+register_configs()
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from ..data.datasets import DataUnavailable
+
+    return (ValueError, DataUnavailable, FileNotFoundError)
+
+
+def settings_of(cfg: DictConfig):
+    """The edge: Hydra's config as the typed schema, validated once (``training.settings.Settings``)."""
+    from ..training.settings import validate
+
+    return validate(OmegaConf.to_object(cfg))
 
 
 def fail(message: str) -> None:
@@ -151,16 +174,16 @@ def run() -> None:
     main()
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://eqtrain.configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from .train import train  # torch is imported only once Hydra has parsed the command line
+    from ..training.loop import train  # torch is imported only once Hydra has parsed the command line
 
     adapt_to_launcher(cfg)
     try:
-        result = train(cfg, HydraConfig.get().runtime.output_dir)
-    except USER_ERRORS as err:
-        log.error("%s", err)
+        result = train(settings_of(cfg), HydraConfig.get().runtime.output_dir)
+    except user_errors() as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("%s", err)  # the job fails, the sweep goes on; Hydra reports it at the end
             raise
         fail(str(err))
     return objective(result, cfg)

@@ -2,14 +2,15 @@
 
 Both schemes draw in float64 on the CPU from their own generator, so A₀ depends on nothing but
 ``seed`` and the architecture — not on the mode, the device or the dtype. The equivariant mode
-then starts at Π_E(A₀) (``EqCNN.set_weights`` projects onto the model's space).
+then starts at Π_E(A₀) (``EqCNN.set_weights`` projects onto the model's space). An ensemble of
+seeds s₀, s₀+1, … starts each seed from exactly the A₀ its own run would have.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .model import EqCNN
+from .cnn import EqCNN
 
 INIT_SCHEMES = ("perturbed_equivariant", "standard")
 
@@ -29,8 +30,8 @@ def initial_weights(model: EqCNN, scheme: str, sigma: float, seed: int) -> list[
         raise ValueError(f"init.sigma={sigma!r} must be a finite number >= 0")
     generator = torch.Generator().manual_seed(seed)
     weights = []
-    for space, m in zip(model.spaces, model.maps):
-        out_dim, in_dim = m.theta.shape[:2]
+    for space, m in zip(model.space, model.maps):
+        out_dim, in_dim = m.channels
         bound = 1.0 / (in_dim * space.size) ** 0.5
         omega = space.omega.cpu().double()
         if scheme == "standard":
@@ -43,3 +44,9 @@ def initial_weights(model: EqCNN, scheme: str, sigma: float, seed: int) -> list[
         xi = torch.randn(out_dim, in_dim, space.size, generator=generator, dtype=torch.float64) * sigma * omega
         weights.append(a_eq + xi - xi @ (basis @ basis.T))
     return weights
+
+
+def initial_weights_of_seeds(model: EqCNN, scheme: str, sigma: float, seeds: list[int]) -> list[torch.Tensor]:
+    """A₀ of every seed, stacked: one float64 CPU tensor (N, out, in, s) per layer."""
+    per_seed = [initial_weights(model, scheme, sigma, s) for s in seeds]
+    return [torch.stack(layer) for layer in zip(*per_seed)]

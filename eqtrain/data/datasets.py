@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from ..schema import DatasetConfig
+
 DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "kmnist")
 _TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 DIGITS_TEST_SIZE = 297
@@ -47,7 +49,7 @@ class DataUnavailable(RuntimeError):
     """The dataset files are not where the config says and cannot be downloaded."""
 
 
-def load_dataset(cfg) -> Data:
+def load_dataset(cfg: DatasetConfig) -> Data:
     """Load ``cfg.name`` with the limits and options of the ``dataset`` config group."""
     if cfg.name not in DATASET_NAMES:
         raise ValueError(f"dataset.name={cfg.name!r} is not valid; use one of {', '.join(DATASET_NAMES)}")
@@ -99,7 +101,7 @@ def _load_digits(image_size) -> Data:
     return Data(x[train], y[train], x[test], y[test], n_classes=10)
 
 
-def _load_torchvision(cfg) -> Data:
+def _load_torchvision(cfg: DatasetConfig) -> Data:
     import torchvision
 
     cls = getattr(torchvision.datasets, _TORCHVISION[cfg.name])

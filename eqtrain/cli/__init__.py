@@ -1,0 +1,1 @@
+"""The command-line tools: eqtrain (Hydra), eqtrain-plot, eqtrain-bench, eqtrain-analyze."""

@@ -1,0 +1,78 @@
+"""eqtrain-analyze: is E an attractor at a finished run's weights? γ_crit and the SGD window (SPEC §5.4)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eqtrain-analyze",
+        description="Stability of E at a finished run's weights: extreme eigenvalues of the Hessian of R^aug "
+        "on E-perp and on E, gamma_crit and the SGD window (SPEC §5.4). Writes RUN_DIR/stability.json and "
+        "stability/* scalars to the run's TensorBoard.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished eqtrain run directory")
+    parser.add_argument("--samples", type=int, default=256, help="first N training images (default 256)")
+    parser.add_argument("--iterations", type=int, default=40, help="Lanczos steps per block (default 40)")
+    parser.add_argument("--lr", type=float, default=None, help="step size of the window (default: the run's lr)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector (default 0)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default cpu)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``eqtrain-analyze RUN_DIR [--samples N] [--iterations K] [--lr LR]``; 0 on success, 2 on a bad input."""
+    args = _parser().parse_args(argv)
+    import torch  # only once the command line parsed: --help stays fast
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    from ..analysis.stability import analyze_run, summary
+    from ..data.datasets import DataUnavailable
+    from ..run.files import STABILITY_FILE
+    from ..training.restore import restore
+
+    def fail(message: str) -> int:
+        print("eqtrain-analyze: error: " + " ".join(message.split()), file=sys.stderr)  # one line
+        return 2
+
+    if args.samples < 1 or args.iterations < 1:
+        return fail(f"--samples={args.samples} and --iterations={args.iterations} must be positive ints")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device=cuda is not valid: no CUDA GPU is visible to torch; use --device cpu")
+    run_dir = Path(args.run_dir)
+    try:
+        restored = restore(run_dir, args.device)
+    except (OSError, ValueError, KeyError, RuntimeError, DataUnavailable, OmegaConfBaseException, YAMLError) as err:
+        # A directory that is not a finished run: missing or unreadable config.yaml / weights.pt.
+        return fail(
+            str(err) if isinstance(err, FileNotFoundError) else f"cannot restore the run in {str(run_dir)!r}: {err}"
+        )
+    cfg = restored.settings.config
+    lr = cfg.lr if args.lr is None else args.lr
+    if not (math.isfinite(lr) and lr > 0):
+        return fail(f"--lr={lr!r} is not valid: use a finite number > 0")
+    result = analyze_run(
+        restored.model,
+        restored.data,
+        restored.group,
+        lr,
+        run_dir,
+        restored.step,
+        samples=args.samples,
+        iterations=args.iterations,
+        seed=args.seed,
+        data_scale=cfg.data_scale,
+    )
+    print(summary(result))
+    print(f"-> {run_dir / STABILITY_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The training loop: one loop for the five dynamics of SPEC §4, for one seed or many.
+
+The modes differ only where the SPEC says they do, through the switches of ``Dynamics``: which
+data the loss sees (augment), where the parameters live (constrain, decided when the model is
+built) and whether γ_tΓ is added (regularize). N seeds of one config are one batched network
+(``seeds=N``); a single run is N = 1 of the same loop.
+
+A run may be made of phases (e.g. equivariant, then augmented): the weights A and the biases
+carry over (exactly for the orthogonal parametrization, to round-off through a basis), only the
+parametrization and the switches change. Checkpoints at every epoch end and on SIGINT / SIGTERM /
+SIGUSR2 make a resumed run bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from ..data.augment import Augmenter
+from ..data.datasets import Data, load_dataset
+from ..geometry.group import Group
+from ..run.checkpoint import save_checkpoint
+from ..run.progress import Progress
+from ..run.signals import StopSignals
+from .analyze import analyze_seeds
+from .metrics import step_rows
+from .record import Recorder, summary_of
+from .resume import open_run_dir
+from .settings import ConfigError, Settings
+from .start import build_for_phase, starting_point
+from .state import RunState
+from .step import sgd_step
+
+log = logging.getLogger("eqtrain")
+
+GPU_CHECK_EVERY = 50  # steps between host reads of the seeds' finiteness on a GPU (each one waits for it)
+
+
+def train(settings: Settings, run_dir: str | Path) -> dict[str, object]:
+    """Train one run (``seeds`` seeds) into ``run_dir`` (or the directory ``resume`` names); its results.
+
+    The torch thread count a run sets (``threads``, or a resumed run's) is undone afterwards, so
+    the next job of a sequential sweep in the same process starts from the default again.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _train(settings, Path(run_dir))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(settings: Settings, run_dir: Path) -> dict[str, object]:
+    cfg, device = settings.config, settings.device
+    run_dir, ckpt = open_run_dir(settings, run_dir)
+    data = load_data(settings)
+    group = Group.from_name(cfg.group.name)
+    state = starting_point(settings, group, data, ckpt)
+    out = Recorder(settings, run_dir, state, resumed=ckpt is not None)
+    n, steps_per_epoch = len(data.y_train), math.ceil(len(data.y_train) / cfg.batch_size)
+    total = total_steps(settings, steps_per_epoch)
+    gamma_at = settings.gamma_schedule(steps_per_epoch)
+    log_start(settings, state, group, total, run_dir)
+    augmenter = functools.cache(lambda kind: Augmenter(group, kind, *data.image_shape[1:], device))
+    progress = Progress(total, start=state.step)
+    if ckpt is None:
+        out.evaluate(state, data, group)
+    with StopSignals() as stop:
+        while True:
+            if state.position >= n:  # an epoch is complete: checkpoint, then evaluate
+                save_checkpoint(run_dir, state.state_dict())
+                state.epoch, state.position = state.epoch + 1, 0
+                log_epoch(state, out.evaluate(state, data, group))
+            if state.step >= total or all(state.stopped):
+                break
+            phase = enter_phase(settings, state, group, data)
+            if state.position == 0:
+                state.new_order(n, cfg.dataset.shuffle)
+            x, y = state.batch(data, cfg.batch_size)
+            used = y.shape[1]
+            if phase.dyn.augment:
+                x, y = augmenter(phase.augment).seeds(x, y, state.aug_gens)
+            gamma = gamma_at(state.step) if phase.dyn.regularize else 0.0
+            twin_dist = twin_distance(state) if state.twin is not None else None
+            result = sgd_step(state.model, x, y, cfg.lr, gamma, cfg.data_scale, state.alive)
+            if state.twin is not None:
+                sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.alive))
+            if state.step % cfg.log_every == 0:
+                rows = step_rows(result.loss, result.distances.values, gamma, cfg.data_scale)
+                rows = rows if twin_dist is None else torch.cat([rows, twin_dist[:, None]], dim=1)
+                out.log_steps(state.step, rows, state.stopped)
+                progress.update(state.step, result.loss, result.distances.total)
+            state.record(result.alive)
+            state.position += used
+            state.step += 1
+            if device.type == "cpu" or state.step % GPU_CHECK_EVERY == 0:
+                report_divergence(state)
+            if stop.requested:
+                progress.close()
+                interrupt(run_dir, state, out, stop)
+    progress.close()
+    report_divergence(state)
+    save_checkpoint(run_dir, state.state_dict())  # a diverged seed's is the state it stopped in
+    results = out.finish(state, data, group, steps_per_epoch)
+    if cfg.analyze:  # SPEC §5.4: γ_crit and the stable window at the final point
+        analyze_seeds(settings, state, data, group, out.dirs, results)
+    return summary_of(results)
+
+
+def load_data(settings: Settings) -> Data:
+    data = load_dataset(settings.config.dataset).to(settings.device, settings.dtype)
+    n, batch = len(data.y_train), settings.config.batch_size
+    if batch > n:
+        raise ConfigError(f"batch_size={batch} is not valid: larger than the training set ({n} images)")
+    return data
+
+
+def total_steps(settings: Settings, steps_per_epoch: int) -> int:
+    total = settings.epochs * steps_per_epoch
+    return total if settings.config.max_steps is None else min(total, settings.config.max_steps)
+
+
+def enter_phase(settings: Settings, state: RunState, group: Group, data: Data):
+    """The phase of the current epoch; at a phase switch, the new parametrization from the same A and biases."""
+    ends = [sum(p.epochs for p in settings.phases[: i + 1]) for i in range(len(settings.phases))]
+    index = next((i for i, end in enumerate(ends) if state.epoch < end), len(settings.phases) - 1)
+    if index != state.phase:
+        state.phase = index
+        state.model = build_for_phase(settings, settings.phases[index], group, data, state.model)
+        log.info("phase %d: mode=%s from step %d", index, settings.phases[index].mode, state.step)
+    return settings.phases[index]
+
+
+def twin_distance(state: RunState) -> torch.Tensor:
+    """‖A_t − Ã_t‖ per seed: the distance to the equivariant twin (SPEC §7)."""
+    with torch.no_grad():
+        pairs = zip(state.model.weights(), state.twin.weights())
+        return torch.stack([(a - b).flatten(1).square().sum(1) for a, b in pairs]).sum(0).sqrt()
+
+
+def report_divergence(state: RunState) -> None:
+    for k, step in state.note_divergence():
+        others = " (the others go on)" if len(state.seeds) > 1 else ""
+        log.error("seed %d diverged at step %d: loss or distance not finite; lower lr or gamma%s", state.seeds[k], step, others)
+
+
+def interrupt(run_dir: Path, state: RunState, out: Recorder, stop: StopSignals) -> None:
+    """A stop signal: flush, checkpoint, mark every seed interrupted, then hand over (exits)."""
+    out.flush()
+    save_checkpoint(run_dir, state.state_dict())
+    out.interrupted(state)
+    log.warning("stopped by signal %d at step %d; checkpoint written, resume with resume=true", stop.received, state.step)
+    stop.hand_over()
+
+
+def log_start(settings: Settings, state: RunState, group: Group, total: int, run_dir: Path) -> None:
+    seeds = f"{len(state.seeds)} seeds, " if len(state.seeds) > 1 else ""
+    log.info(
+        "mode=%s gamma=%g group=%s: %s%d parameters, dim E=%d, %d steps on %s -> %s",
+        settings.mode, settings.gamma, group.name, seeds, state.model.n_params(), state.model.dim_e(), total,
+        settings.device, run_dir,
+    )  # fmt: skip
+
+
+def log_epoch(state: RunState, metrics: list[dict[str, float]]) -> None:
+    acc = sum(m["acc/test"] for m in metrics) / len(metrics)
+    orbit = sum(m["acc/test_orbit"] for m in metrics) / len(metrics)
+    mean = " (mean over seeds)" if len(metrics) > 1 else ""
+    log.info("epoch %d step %d: acc/test %.4f acc/test_orbit %.4f%s", state.epoch, state.step, acc, orbit, mean)

@@ -1,0 +1,121 @@
+"""What a run writes for each of its seeds: config.yaml, TensorBoard curves and hparams, metrics.json, weights.pt.
+
+An ensemble of N seeds writes N run directories (``seed=<s>/``), each exactly what that seed's
+own run would write, so every tool reads them the same way; a single run writes into its own
+directory. A seed that diverged is evaluated and recorded where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ..data.datasets import Data
+from ..geometry.group import Group
+from ..run.files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, save_weights, seed_dir, write_json
+from ..run.tblog import RunLogger
+from .metrics import HPARAM_METRICS, evaluate, step_tags
+from .settings import Settings
+from .state import RunState
+
+
+class Recorder:
+    def __init__(self, settings: Settings, run_dir: Path, state: RunState, resumed: bool) -> None:
+        self.settings, self.seeds = settings, state.seeds
+        self.dirs = [seed_dir(run_dir, s, len(self.seeds)) for s in self.seeds]
+        self.loggers = []
+        for seed, d in zip(self.seeds, self.dirs):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(settings.of_seed(seed))))
+            logger = RunLogger(d, purge_step=state.step if resumed else None)
+            if not resumed:
+                logger.hparams(settings.hparams(seed), list(HPARAM_METRICS))
+            self.loggers.append(logger)
+        self.tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
+        self.metrics: list[dict[str, float]] = [{} for _ in self.seeds]
+        self.evaluated_at = -1
+
+    def log_steps(self, step: int, rows: torch.Tensor, stopped: list[bool]) -> None:
+        """Row k (a tensor on the device) holds seed k's per-step scalars, in ``self.tags`` order."""
+        for logger, row, done in zip(self.loggers, rows, stopped):
+            if not done:  # (on a GPU a dead seed may log NaN until the next host check)
+                logger.log_step(step, self.tags, row)
+
+    def evaluate(self, state: RunState, data: Data, group: Group) -> list[dict[str, float]]:
+        """Evaluate every seed's model now; log the seeds still running at the current step."""
+        self.metrics = evaluate(state.model, data, group)
+        self.evaluated_at = state.step
+        for logger, metrics, done in zip(self.loggers, self.metrics, state.stopped):
+            if not done:
+                logger.log(state.step, metrics)
+        return self.metrics
+
+    def flush(self) -> None:
+        for logger in self.loggers:
+            logger.flush()
+
+    def interrupted(self, state: RunState) -> None:
+        for seed, d, logger in zip(self.seeds, self.dirs, self.loggers):
+            logger.close()
+            write_json(
+                d / METRICS_FILE, {"status": "interrupted", "steps": state.step, "hparams": self.settings.hparams(seed)}
+            )
+
+    def finish(self, state: RunState, data: Data, group: Group, steps_per_epoch: int) -> list[dict[str, object]]:
+        """Final evaluation, distances, metrics.json and weights.pt of every seed; returns their results."""
+        if self.evaluated_at != state.step:
+            self.evaluate(state, data, group)
+        finals = state.model.distances()
+        died_at = state.died_at.tolist()
+        weights = [a.detach() for a in state.model.weights()]
+        results = []
+        for k, (seed, d, logger) in enumerate(zip(self.seeds, self.dirs, self.loggers)):
+            end = died_at[k] if state.stopped[k] else state.step
+            if state.stopped[k]:  # its curves end where it stopped; so does its last evaluation
+                logger.log(end, self.metrics[k])
+            final = finals.of_seed(k)
+            logger.log(end, final)
+            logger.close()
+            finite = all(torch.isfinite(a[k]).all() for a in weights)
+            if finite:
+                save_weights(d / WEIGHTS_FILE, weights_payload(state, k, end))
+            results.append(
+                {
+                    **self.metrics[k],
+                    **final,
+                    "status": "diverged" if state.stopped[k] or not finite else "completed",
+                    "steps": end,
+                    "epochs_done": state.epoch if not state.stopped[k] else end // steps_per_epoch,
+                    "dim_E": state.model.dim_e(),
+                    "n_params": state.model.n_params(),
+                    "hparams": self.settings.hparams(seed),
+                }
+            )
+            write_json(d / METRICS_FILE, results[-1])
+        return results
+
+
+def weights_payload(state: RunState, k: int, step: int) -> dict:
+    """weights.pt of seed k: A (a list of (out, in, s) tensors), the layer names, and θ of a 1-seed model."""
+    model = state.model
+    with torch.no_grad():
+        return {
+            "step": step,
+            "constrain": model.constrain,  # which parametrization θ (state_dict) belongs to
+            "layer_names": list(model.layer_names),
+            "weights": [a[k].detach().cpu().clone() for a in model.weights()],
+            "state_dict": {name: v[k : k + 1].detach().cpu().clone() for name, v in model.state_dict().items()},
+        }
+
+
+def summary_of(results: list[dict[str, object]]) -> dict[str, object]:
+    """A single run's result as it is; an ensemble's as the mean of its seeds, with every seed's result."""
+    if len(results) == 1:
+        return results[0]
+    numeric = [key for key, v in results[0].items() if isinstance(v, float)]
+    summary = {key: sum(r[key] for r in results) / len(results) for key in numeric}
+    status = "completed" if all(r["status"] == "completed" for r in results) else "diverged"
+    return {**summary, "status": status, "runs": results}
+

@@ -1,0 +1,68 @@
+"""How a run starts: every model it will need checked up front, A₀ of every seed, or the checkpoint's state."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..data.datasets import Data
+from ..geometry.group import Group
+from ..nets.cnn import EqCNN, build_model
+from ..nets.init import initial_weights_of_seeds
+from .settings import ConfigError, Phase, Settings
+from .state import RunState
+
+log = logging.getLogger("eqtrain")
+
+
+def new_model(settings: Settings, constrain: bool, group: Group, data: Data) -> EqCNN:
+    cfg = settings.config
+    model = build_model(
+        cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, seeds=len(settings.seeds)
+    )
+    return model.to(settings.device)
+
+
+def build_for_phase(settings: Settings, phase: Phase, group: Group, data: Data, start: EqCNN) -> EqCNN:
+    """The model of a phase, holding the weights A (projected onto E if constrained) and biases of ``start``."""
+    model = new_model(settings, phase.dyn.constrain, group, data)
+    model.set_weights(start.weights())
+    with torch.no_grad():
+        for b, old in zip(model.biases, start.biases):
+            b.copy_(old)
+    return model
+
+
+def check_models(settings: Settings, group: Group, data: Data) -> None:
+    """Build every model the run will need, so that a bad config fails before anything is written."""
+    phases = settings.phases
+    needs = [(f"mode={phases[0].mode}", phases[0].dyn.constrain)]
+    needs += [(f"phases.{i}.mode={p.mode}", p.dyn.constrain) for i, p in enumerate(phases) if i]
+    needs += [("twin=true", True)] * settings.config.twin
+    for i, (reason, constrain) in enumerate(needs):
+        try:
+            build_model(settings.config.model, group, data.image_shape, data.n_classes, constrain, settings.dtype)
+        except ValueError as err:
+            raise ConfigError(f"{reason}: {err}" if i else str(err)) from err
+
+
+def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | None) -> RunState:
+    """The run's state at its start: every seed at its A₀ (the same for every mode), or the checkpoint's."""
+    check_models(settings, group, data)
+    cfg = settings.config
+    phase = settings.phases[ckpt["phase"] if ckpt is not None else 0]
+    model = new_model(settings, phase.dyn.constrain, group, data)
+    a0 = initial_weights_of_seeds(model, cfg.init.scheme, cfg.init.sigma, list(settings.seeds))
+    model.set_weights(a0)
+    twin = None
+    if cfg.twin:  # the equivariant twin starts from Π_E(A₀) (SPEC §7)
+        twin = new_model(settings, True, group, data)
+        twin.set_weights(a0)
+    state = RunState(settings.seeds, model, twin)
+    if ckpt is not None:
+        if list(ckpt.get("seeds", [])) != list(settings.seeds):
+            raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seeds)}")
+        state.load_state_dict(ckpt)
+        log.info("resuming at step %d (epoch %d, phase %d)", state.step, state.epoch, state.phase)
+    return state
