@@ -68,7 +68,10 @@ class ParametrizedMap(nn.Module):
 
     @torch.no_grad()
     def set_weight(self, a: torch.Tensor) -> None:
-        """θ with θ @ B = A (least squares: exact when A lies in the span of B); A is (N, out, in, s)."""
+        """θ with θ @ B = A (least squares: exact when A lies in the span of B).
+
+        A is (N, out, in, s), or (out, in, s) to give every seed the same weights.
+        """
         a = a.to(self.theta)
         self.theta.copy_(a if self.basis is None else a @ self.basis_pinv)
 

@@ -240,7 +240,10 @@ def logits_at(
         if arch.layernorm:
             h = F.layer_norm(h, h.shape[-2:])
     head = weights[-1]
-    out = torch.bmm(h.reshape(b, n, -1).transpose(0, 1), head.flatten(2).transpose(1, 2))  # (N, B, classes)
+    if n == 1:  # (the same product; a plain matmul keeps one seed's round-off that of a single network)
+        out = F.linear(h.reshape(b, -1), head[0].flatten(1))[None]
+    else:
+        out = torch.bmm(h.reshape(b, n, -1).transpose(0, 1), head.flatten(2).transpose(1, 2))  # (N, B, classes)
     return out if biases is None else out + biases[-1][:, None, :]
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from eqtrain.augment import Augmenter
-from eqtrain.group import Group
+from eqtrain.data.augment import Augmenter
+from eqtrain.geometry.group import Group
 
 
 def test_random_augmentation_applies_each_samples_own_element():

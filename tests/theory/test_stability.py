@@ -12,16 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from eqtrain.augment import Augmenter
-from eqtrain.data import load_dataset
-from eqtrain.group import Group
-from eqtrain.init import initial_weights
-from eqtrain.logger import RunLogger
-from eqtrain.model import build_model
-from eqtrain.stability import STABILITY_FILE, AugmentedRisk, analyze, analyze_run, logits_at, main
-from eqtrain.train import sgd_step, train
+from eqtrain.analysis.stability import AugmentedRisk, analyze, analyze_run
+from eqtrain.cli.analyze import main
+from eqtrain.data.augment import Augmenter
+from eqtrain.data.datasets import load_dataset
+from eqtrain.geometry.group import Group
+from eqtrain.nets.cnn import build_model, logits_at
+from eqtrain.nets.init import initial_weights
+from eqtrain.run.files import STABILITY_FILE
+from eqtrain.run.tblog import RunLogger
+from eqtrain.training.step import sgd_step
 
-from .conftest import make_config
+from ..helpers import TINY, make_config, train_config
 
 C4 = Group.from_name("c4")
 SMALL = ("dataset.image_size=12", "model.channels=[2,2]")  # 12 -> 6 -> 3: the head reads 3 C4-orbits
@@ -47,6 +49,11 @@ def start(model, sigma: float, seed: int = 0):
     """An equivariant network plus a perturbation of size σ orthogonal to E (SPEC §8)."""
     model.set_weights(initial_weights(model, "perturbed_equivariant", sigma, seed))
     return model
+
+
+def gd_step(model, x, y, gamma: float, lr: float) -> None:
+    """One step of the training loop's own SGD (one seed, the whole batch)."""
+    sgd_step(model, x[None], y[None], lr, gamma, 1.0, torch.ones(1, dtype=torch.bool))
 
 
 def sq_norm(v) -> float:
@@ -88,7 +95,7 @@ def test_lanczos_extremes_equal_the_dense_spectrum_of_each_block(sigma):
 
     def risk(flat):
         params = {f"maps.{i}.theta": p.view(s) for i, (p, s) in enumerate(zip(flat.split(sizes), shapes))}
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
+        return F.cross_entropy(functional_call(model, params, (x,))[0], y)
 
     point = torch.cat([a.detach().reshape(-1) for a in model.weights()])
     hessian = torch.autograd.functional.hessian(risk, point, vectorize=True)
@@ -148,13 +155,12 @@ LR, EQ_STEPS, AUG_STEPS = 0.2, 1200, 100
 def distances(model, weights, perturbation, x, y, gamma: float) -> list[float]:
     """d(A_t) along `augreg` SGD (orbit augmentation, the exact ∇R^aug of the batch) from weights + ξ."""
     model.set_weights([a + p for a, p in zip(weights, perturbation)])
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     out = []
     for step in range(AUG_STEPS + 1):
         with torch.no_grad():
             out.append(math.sqrt(sq_norm(model.perp())))
         if step < AUG_STEPS:
-            sgd_step(model, optimizer, x, y, gamma, measure=False)
+            gd_step(model, x, y, gamma, LR)
     return out
 
 
@@ -170,9 +176,8 @@ def test_gamma_crit_and_gamma_max_predict_augreg_from_a_trained_equivariant_poin
     # Equivariant dynamics (mode=equivariant: SGD on E), full batch so that it approaches a
     # stationary point rather than an SGD noise ball.
     start(eq_model, 0.0)
-    optimizer = torch.optim.SGD(eq_model.parameters(), lr=LR)
     for _ in range(EQ_STEPS):
-        sgd_step(eq_model, optimizer, data.x_train, data.y_train, 0.0, measure=False)
+        gd_step(eq_model, data.x_train, data.y_train, 0.0, LR)
     weights = [a.detach() for a in eq_model.weights()]
     model = build_model(cfg.model, C4, data.image_shape, data.n_classes, False, torch.float64)
     model.set_weights(weights)
@@ -219,7 +224,7 @@ def test_gamma_crit_and_gamma_max_predict_augreg_from_a_trained_equivariant_poin
     assert d[-1] > 100 * d[0]
     with torch.no_grad():
         before = model.perp()
-    sgd_step(model, torch.optim.SGD(model.parameters(), lr=LR), x, y, r["gamma_max"] + margin, measure=False)
+    gd_step(model, x, y, r["gamma_max"] + margin, LR)
     with torch.no_grad():
         after = model.perp()
     cosine = sum(float((a * b).sum()) for a, b in zip(before, after)) / math.sqrt(sq_norm(before) * sq_norm(after))
@@ -232,7 +237,7 @@ def test_cli_writes_stability_json_and_tensorboard_scalars(tmp_path, capsys):
 
     run_dir = tmp_path / "run"
     cfg = make_config(*SMALL, "dataset.train_limit=40", "dataset.test_limit=10", "max_steps=6", "mode=augreg")
-    train(cfg, run_dir)
+    train_config(cfg, run_dir)
     assert main([str(run_dir), "--samples", "16", "--iterations", "8"]) == 0
     out = capsys.readouterr().out
     assert "gamma_crit" in out and "gamma_max" in out and "Stable window" in out
@@ -302,8 +307,6 @@ def test_analyze_run_logs_through_an_open_run_logger_from_a_float32_model(tmp_pa
 
 def test_analyze_true_at_the_end_of_a_run(run_train):
     """analyze=true writes stability.json and the stability/* curves into the run itself."""
-    from .conftest import TINY
-
     run = run_train(
         *TINY, "mode=equivariant", "model.channels=[4,4]", "max_steps=5", "analyze=true",
         "analyze_samples=8", "analyze_iterations=6",

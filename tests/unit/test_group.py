@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eqtrain.group import GROUP_NAMES, Group
+from eqtrain.geometry.group import GROUP_NAMES, Group
 
 
 @pytest.mark.parametrize("name", GROUP_NAMES)

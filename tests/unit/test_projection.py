@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from eqtrain.group import GROUP_NAMES, Group
-from eqtrain.projection import LayerSpace
-from eqtrain.support import make_support
+from eqtrain.geometry.group import GROUP_NAMES, Group
+from eqtrain.geometry.projection import LayerSpace
+from eqtrain.geometry.support import make_support
 
 TOL = 1e-12  # float64 round-off on a few hundred entries
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from eqtrain.config import ModelConfig
-from eqtrain.group import GROUP_NAMES, Group
-from eqtrain.init import initial_weights
-from eqtrain.model import build_model
+from eqtrain.schema import ModelConfig
+from eqtrain.geometry.group import GROUP_NAMES, Group
+from eqtrain.nets.init import initial_weights
+from eqtrain.nets.cnn import build_model
 
-from .conftest import make_config
+from ..helpers import make_config
 
 REL_TOL = 1e-5  # float32 round-off, SPEC-style relative tolerance for invariance
 

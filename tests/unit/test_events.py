@@ -11,7 +11,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_crc
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from eqtrain.events import EventWriter, masked_crc32c
+from eqtrain.run.events import EventWriter, masked_crc32c
 
 TAGS = ["loss/data", "dist_to_E/total", "dist_to_E_rel/total"]
 # Steps across every varint width boundary, in order, as a run writes them.

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from eqtrain.data import DataUnavailable, load_dataset
+from eqtrain.data.datasets import DataUnavailable, load_dataset
 
-from .conftest import make_config
+from ..helpers import make_config
 
 
 def write_idx(path, array: np.ndarray) -> None:
