@@ -43,7 +43,9 @@ def _read(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{path} is damaged or not an eqtrain checkpoint ({' '.join(str(err).split())[:120]})")
+        raise CheckpointError(
+            f"{path} is damaged or not an eqtrain checkpoint ({' '.join(str(err).split())[:120]})"
+        ) from err
     if not isinstance(state, dict) or "config_hash" not in state:
         raise CheckpointError(f"{path} is not an eqtrain checkpoint (no config hash)")
     return state

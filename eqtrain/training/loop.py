@@ -48,12 +48,13 @@ def train(settings: Settings, run_dir: str | Path) -> dict[str, object]:
     """
     threads = torch.get_num_threads()
     try:
-        return _train(settings, Path(run_dir))
+        with StopSignals() as stop:  # from the start: a signal never meets the default handler
+            return _train(settings, Path(run_dir), stop)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(settings: Settings, run_dir: Path) -> dict[str, object]:
+def _train(settings: Settings, run_dir: Path, stop: StopSignals) -> dict[str, object]:
     cfg, device = settings.config, settings.device
     run_dir, ckpt = open_run_dir(settings, run_dir)
     data = load_data(settings)
@@ -68,39 +69,38 @@ def _train(settings: Settings, run_dir: Path) -> dict[str, object]:
     progress = Progress(total, start=state.step)
     if ckpt is None:
         out.evaluate(state, data, group)
-    with StopSignals() as stop:
-        while True:
-            if state.position >= n:  # an epoch is complete: checkpoint, then evaluate
-                save_checkpoint(run_dir, state.state_dict())
-                state.epoch, state.position = state.epoch + 1, 0
-                log_epoch(state, out.evaluate(state, data, group))
-            if state.step >= total or all(state.stopped):
-                break
-            phase = enter_phase(settings, state, group, data)
-            if state.position == 0:
-                state.new_order(n, cfg.dataset.shuffle)
-            x, y = state.batch(data, cfg.batch_size)
-            used = y.shape[1]
-            if phase.dyn.augment:
-                x, y = augmenter(phase.augment).seeds(x, y, state.aug_gens)
-            gamma = gamma_at(state.step) if phase.dyn.regularize else 0.0
-            twin_dist = twin_distance(state) if state.twin is not None else None
-            result = sgd_step(state.model, x, y, cfg.lr, gamma, cfg.data_scale, state.alive)
-            if state.twin is not None:
-                sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.alive))
-            if state.step % cfg.log_every == 0:
-                rows = step_rows(result.loss, result.distances.values, gamma, cfg.data_scale)
-                rows = rows if twin_dist is None else torch.cat([rows, twin_dist[:, None]], dim=1)
-                out.log_steps(state.step, rows, state.stopped)
-                progress.update(state.step, result.loss, result.distances.total)
-            state.record(result.alive)
-            state.position += used
-            state.step += 1
-            if device.type == "cpu" or state.step % GPU_CHECK_EVERY == 0:
-                report_divergence(state)
-            if stop.requested:
-                progress.close()
-                interrupt(run_dir, state, out, stop)
+    while True:
+        if state.position >= n:  # an epoch is complete: checkpoint, then evaluate
+            save_checkpoint(run_dir, state.state_dict())
+            state.epoch, state.position = state.epoch + 1, 0
+            log_epoch(state, out.evaluate(state, data, group))
+        if state.step >= total or all(state.stopped):
+            break
+        phase = enter_phase(settings, state, group, data)
+        if state.position == 0:
+            state.new_order(n, cfg.dataset.shuffle)
+        x, y = state.batch(data, cfg.batch_size)
+        used = y.shape[1]
+        if phase.dyn.augment:
+            x, y = augmenter(phase.augment).seeds(x, y, state.aug_gens)
+        gamma = gamma_at(state.step) if phase.dyn.regularize else 0.0
+        twin_dist = twin_distance(state) if state.twin is not None else None
+        result = sgd_step(state.model, x, y, cfg.lr, gamma, cfg.data_scale, state.alive)
+        if state.twin is not None:
+            sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.alive))
+        if state.step % cfg.log_every == 0:
+            rows = step_rows(result.loss, result.distances.values, gamma, cfg.data_scale)
+            rows = rows if twin_dist is None else torch.cat([rows, twin_dist[:, None]], dim=1)
+            out.log_steps(state.step, rows, state.stopped)
+            progress.update(state.step, result.loss, result.distances.total)
+        state.record(result.alive)
+        state.position += used
+        state.step += 1
+        if device.type == "cpu" or state.step % GPU_CHECK_EVERY == 0:
+            report_divergence(state)
+        if stop.requested:
+            progress.close()
+            interrupt(run_dir, state, out, stop)
     progress.close()
     report_divergence(state)
     save_checkpoint(run_dir, state.state_dict())  # a diverged seed's is the state it stopped in
@@ -144,7 +144,12 @@ def twin_distance(state: RunState) -> torch.Tensor:
 def report_divergence(state: RunState) -> None:
     for k, step in state.note_divergence():
         others = " (the others go on)" if len(state.seeds) > 1 else ""
-        log.error("seed %d diverged at step %d: loss or distance not finite; lower lr or gamma%s", state.seeds[k], step, others)
+        log.error(
+            "seed %d diverged at step %d: the loss, the distance or the update is not finite; lower lr or gamma%s",
+            state.seeds[k],
+            step,
+            others,
+        )
 
 
 def interrupt(run_dir: Path, state: RunState, out: Recorder, stop: StopSignals) -> None:
@@ -152,7 +157,9 @@ def interrupt(run_dir: Path, state: RunState, out: Recorder, stop: StopSignals) 
     out.flush()
     save_checkpoint(run_dir, state.state_dict())
     out.interrupted(state)
-    log.warning("stopped by signal %d at step %d; checkpoint written, resume with resume=true", stop.received, state.step)
+    log.warning(
+        "stopped by signal %d at step %d; checkpoint written, resume with resume=true", stop.received, state.step
+    )
     stop.hand_over()
 
 

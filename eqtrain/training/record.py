@@ -118,4 +118,3 @@ def summary_of(results: list[dict[str, object]]) -> dict[str, object]:
     summary = {key: sum(r[key] for r in results) / len(results) for key in numeric}
     status = "completed" if all(r["status"] == "completed" for r in results) else "diverged"
     return {**summary, "status": status, "runs": results}
-

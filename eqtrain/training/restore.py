@@ -51,5 +51,7 @@ def restore(run_dir: str | Path, device: str = "cpu") -> Restored:
     model = build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype).to(device)
     # Files of eqtrain 0.1 hold θ without the seed axis.
     own = model.state_dict()
-    model.load_state_dict({k: v[None] if k in own and v.dim() < own[k].dim() else v for k, v in saved["state_dict"].items()})
+    model.load_state_dict(
+        {k: v[None] if k in own and v.dim() < own[k].dim() else v for k, v in saved["state_dict"].items()}
+    )
     return Restored(settings, model, data, group, int(saved.get("step", 0)))

@@ -59,7 +59,7 @@ def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | No
     if cfg.twin:  # the equivariant twin starts from Π_E(A₀) (SPEC §7)
         twin = new_model(settings, True, group, data)
         twin.set_weights(a0)
-    state = RunState(settings.seeds, model, twin)
+    state = RunState(settings.seeds, model, twin, config_hash=settings.config_hash())
     if ckpt is not None:
         if list(ckpt.get("seeds", [])) != list(settings.seeds):
             raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seeds)}")

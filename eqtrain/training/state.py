@@ -26,6 +26,7 @@ class RunState:
     seeds: tuple[int, ...]
     model: EqCNN
     twin: EqCNN | None = None
+    config_hash: str = ""  # of the config that wrote it: a resume must match it
     step: int = 0
     epoch: int = 0
     position: int = 0  # images of the current epoch already used
@@ -71,6 +72,7 @@ class RunState:
 
     def state_dict(self) -> dict:
         return {
+            "config_hash": self.config_hash,
             "seeds": list(self.seeds),
             "step": self.step,
             "epoch": self.epoch,

@@ -6,8 +6,9 @@ mean losses, and no seed's loss depends on another's weights. The regularizer's 
 added analytically, ∇Γ(A) = Π_{E⊥}A pulled back to the parameters — the same Π_{E⊥}A that the
 per-step distance log needs, so the two share one computation.
 
-A seed whose loss or distance is not finite is frozen at that state (its update masked on the
-device, no host sync) while the others go on; ``alive`` says which seeds still train.
+A seed whose loss, distance or updated weights are not finite is frozen at its last finite
+state (its update masked on the device, no host sync) while the others go on; ``alive`` says
+which seeds still train.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def sgd_step(
         if gamma:  # ∇(γΓ) = γ Π_{E⊥}A, pulled back to θ (SPEC §4)
             grads = [m.theta.grad for m in model.maps]
             torch._foreach_add_(grads, [m.pull_back(p) for m, p in zip(model.maps, perps)], alpha=gamma)
-        # A frozen seed's update is zero (its gradient may be NaN, so mask rather than scale).
-        grads = [torch.where(alive.view(-1, *[1] * (p.dim() - 1)), p.grad, 0.0) for p in params]
-        torch._foreach_add_(params, grads, alpha=-lr)
+        new = torch._foreach_add(params, [p.grad for p in params], alpha=-lr)
+        # A seed whose update overflows keeps its last finite state (a sum is finite only if every term is).
+        alive = alive & torch.isfinite(torch.stack([q.flatten(1).sum(1) for q in new]).sum(0))
+        for p, q in zip(params, new):
+            p.copy_(torch.where(alive.view(-1, *[1] * (p.dim() - 1)), q, p))
     return StepResult(loss.detach(), distances, alive)

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from eqtrain.geometry.group import Group
-from eqtrain.nets.init import initial_weights
 from eqtrain.nets.cnn import build_model
-
+from eqtrain.nets.init import initial_weights
 from eqtrain.training.modes import MODES
 
 from ..helpers import make_config

@@ -4,10 +4,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from eqtrain.schema import ModelConfig
 from eqtrain.geometry.group import GROUP_NAMES, Group
-from eqtrain.nets.init import initial_weights
 from eqtrain.nets.cnn import build_model
+from eqtrain.nets.init import initial_weights
+from eqtrain.schema import ModelConfig
 
 from ..helpers import make_config
 
@@ -97,11 +97,13 @@ def test_two_orbit_head_warns(caplog):
         (["model.stride=[2,1]"], (1, 28, 28), "stride 2 on a 28x28 map"),
     ],
 )
-def test_equivariant_mode_refuses_inexact_architectures(overrides, shape, match):
+def test_equivariant_mode_refuses_inexact_architectures(overrides, shape, match, caplog):
     cfg = model_cfg("paper_cnn", *overrides)
     with pytest.raises(ValueError, match=f"mode=equivariant.*{match}"):
         build_model(cfg, Group.from_name("c4"), shape, 10, constrain=True)
+    caplog.clear()
     build_model(cfg, Group.from_name("c4"), shape, 10, constrain=False)  # allowed, with a warning
+    assert "not exactly G-equivariant even on E" in caplog.text and match in caplog.text
 
 
 def test_centred_stride_is_exact():

@@ -5,33 +5,17 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from eqtrain.cli import run
+from eqtrain.cli.train import precheck
 
-from .conftest import TINY
+from ..helpers import EQTRAIN, TINY, cli, make_config, scalars, train_config
 
-EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
 QUICK = ["experiment=smoke", "max_steps=3"]
-
-
-def cli(tmp_path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run the real command line in-process (fast: no new interpreter); return (exit code, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["eqtrain", *args])
-    try:
-        run()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:  # Hydra configured logging to streams pytest is about to close
-        logging.getLogger().handlers.clear()
-    return code, capsys.readouterr().err
 
 
 BAD_INPUT = [
@@ -125,16 +109,18 @@ def test_a_run_never_overwrites_another(tmp_path, monkeypatch, capsys):
     assert (run / "metrics.json").read_text() == before
 
 
-def test_divergence_stops_flushes_and_records_the_step(run_train):
+def test_divergence_stops_flushes_and_keeps_the_last_finite_state(run_train):
+    """lr = 1e38: the first update overflows, so the run stops at step 0 and keeps A_0."""
     run = run_train(*TINY, "mode=nominal", "lr=1e38", "max_steps=50")
     m = run.metrics()
-    assert m["status"] == "diverged" and m["steps"] == 1
+    assert m["status"] == "diverged" and m["steps"] == 0
     steps, _ = run.scalars("loss/data")
     assert steps == [0]  # the event file holds everything up to the failed step
-    assert json.loads((run.dir / "metrics.json").read_text())["dist_to_E/total"] in ("nan", "inf")
-    if (run.dir / "checkpoint.pt").exists():  # only ever a finite state
-        state = torch.load(run.dir / "checkpoint.pt", weights_only=True)
-        assert all(torch.isfinite(v).all() for v in state["model"].values())
+    state = torch.load(run.dir / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 1 and state["died_at"].tolist() == [0]
+    assert all(torch.isfinite(v).all() for v in state["model"].values())  # only ever a finite state
+    start = run_train(*TINY, "mode=nominal", "max_steps=0").weights()
+    assert all(torch.equal(a, b) for a, b in zip(run.weights(), start))  # weights.pt: A_0 itself
 
 
 def test_divergence_keeps_the_sweep_going(tmp_path):
@@ -152,12 +138,13 @@ def test_divergence_keeps_the_sweep_going(tmp_path):
 LONG = ["dataset.train_limit=1000", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
 
 
-def per_step(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {t: ([e.step for e in acc.Scalars(t)], [e.value for e in acc.Scalars(t)]) for t in acc.Tags()["scalars"]}
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until ``path`` exists (an event of the run, not a guess at its timing); the run must still be going."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
@@ -165,11 +152,7 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
     subprocess.run([EQTRAIN, *LONG, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
 
     proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoint.pt").exists():  # the first epoch's checkpoint: now in epoch 2
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.3)
+    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's checkpoint: now in epoch 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     interrupted = json.loads((killed / "metrics.json").read_text())
@@ -185,7 +168,7 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
     final_resumed = torch.load(killed / "weights.pt", weights_only=True)["weights"]
     assert all(torch.equal(a, b) for a, b in zip(final_ref, final_resumed))
     # The curves: no duplicated or missing steps, and the same values as the uninterrupted run.
-    ref_curves, resumed_curves = per_step(reference), per_step(killed)
+    ref_curves, resumed_curves = scalars(reference), scalars(killed)
     assert ref_curves.keys() == resumed_curves.keys()
     for tag, (steps, values) in ref_curves.items():
         assert resumed_curves[tag] == (steps, values), tag
@@ -195,15 +178,11 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
 def test_other_stop_signals_checkpoint_too(tmp_path, sig):
     run = tmp_path / "run"
     proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={run}"], cwd=tmp_path, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(run.glob("events.out.tfevents.*")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.5)
+    wait_for(run / "checkpoint.pt", proc)  # the handlers are installed before anything is written
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 128 + sig
     assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > 1000  # past the first epoch
 
 
 def test_same_config_same_metrics_across_processes(tmp_path):
@@ -222,21 +201,26 @@ def test_resume_auto_starts_fresh_or_continues(run_train, tmp_path):
 
 def test_resume_auto_without_a_checkpoint_starts_over(run_train, tmp_path):
     """A requeued job killed before its first checkpoint must not fail for ever."""
-    from eqtrain.train import train
-
-    from .conftest import make_config
-
     run = tmp_path / "requeued"
     run.mkdir()
     (run / "events.out.tfevents.1.host.1").write_bytes(b"")  # what a job killed at step 0 leaves
-    result = train(make_config(*TINY, "max_steps=3", "resume=auto"), run)
+    result = train_config(make_config(*TINY, "max_steps=3", "resume=auto"), run)
     assert result["status"] == "completed"
     assert len(list(run.glob("stale-*"))) == 1
 
 
-def test_resume_restores_the_thread_count(run_train):
-    run = run_train(*TINY, "max_steps=3")
-    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["threads"] == torch.get_num_threads()
+def test_resume_restores_the_thread_count(run_train, caplog):
+    """CPU sums split by thread: a resumed run takes the interrupted run's count, not the default."""
+    default = torch.get_num_threads()
+    other = 1 if default > 1 else 2
+    run = run_train(*TINY, "max_steps=3", f"threads={other}")
+    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["threads"] == other
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train_config(make_config(*TINY, "max_steps=3", f"resume={run.dir}"), run.dir)  # no threads= given
+    assert f"resuming with {other} torch threads" in caplog.text
+    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["threads"] == other  # the resumed run's count
+    assert torch.get_num_threads() == default  # and the caller's is restored afterwards
 
 
 @pytest.mark.parametrize(
@@ -255,8 +239,6 @@ def test_resume_restores_the_thread_count(run_train):
     ],
 )
 def test_precheck_leaves_valid_command_lines_to_hydra(args):
-    from eqtrain.cli import precheck
-
     assert precheck(args) is None
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-
 from eqtrain.signals import StopSignals
+from hydra import compose, initialize_config_module
 
 from .conftest import TINY, make_config
 

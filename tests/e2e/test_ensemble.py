@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from eqtrain.settings import ConfigError
 from eqtrain.train import train
 

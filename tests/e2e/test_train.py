@@ -1,7 +1,6 @@
 """The training loop: modes, objective, determinism, status."""
 
 import pytest
-
 from eqtrain.settings import ConfigError
 from eqtrain.train import train
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from eqtrain.plot import TABLE_TAGS, figure, load_sweep, main
 
 EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
