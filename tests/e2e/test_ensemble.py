@@ -1,19 +1,23 @@
-"""seeds=N: N seeds trained as one vectorised ensemble equal N separate runs (speed issue)."""
+"""seeds=N: N seeds of one config trained by the one loop as one batched network equal N separate runs."""
 
 import json
+import signal
+import subprocess
 
 import pytest
 import torch
-from eqtrain.settings import ConfigError
-from eqtrain.train import train
 
-from .conftest import make_config
+from eqtrain.geometry.group import Group
+from eqtrain.nets.cnn import build_model
+from eqtrain.nets.init import initial_weights_of_seeds
+from eqtrain.schema import ModelConfig
+from eqtrain.training.step import sgd_step
+
+from ..helpers import EQTRAIN, make_config, rel, scalars
+from ..helpers import train_config as train
+from .test_robustness import wait_for
 
 BASE = ("dataset.train_limit=100", "dataset.test_limit=30", "epochs=2", "lr=0.001")
-
-
-def rel(a, b) -> float:
-    return (sum((x - y).pow(2).sum() for x, y in zip(a, b)) / sum(y.pow(2).sum() for y in b)).sqrt().item()
 
 
 @pytest.mark.parametrize(
@@ -34,7 +38,6 @@ def test_ensemble_matches_sequential_runs(tmp_path, overrides):
         alone = tmp_path / f"alone{seed}"
         train(make_config(*BASE, *overrides, f"seed={seed}"), alone)
         together = ensemble_dir / f"seed={seed}"
-        load = lambda d: torch.load(d / "weights.pt", weights_only=True)["weights"]  # noqa: E731
         assert rel(load(together), load(alone)) <= 1e-5
         a, b = (json.loads((d / "metrics.json").read_text()) for d in (together, alone))
         assert a["hparams"] == b["hparams"] and a["steps"] == b["steps"] == 20
@@ -58,34 +61,90 @@ def test_ensemble_writes_each_seeds_curves_like_a_run(run_train, tmp_path):
 def test_ensemble_float64_is_exact_to_round_off(tmp_path):
     train(make_config(*BASE, "lr=0.05", "dtype=float64", "seeds=2"), tmp_path / "e")
     train(make_config(*BASE, "lr=0.05", "dtype=float64", "seed=1"), tmp_path / "a")
-    load = lambda d: torch.load(d / "weights.pt", weights_only=True)["weights"]  # noqa: E731
     assert rel(load(tmp_path / "e" / "seed=1"), load(tmp_path / "a")) <= 1e-12
 
 
-@pytest.mark.parametrize("override", ["twin=true", "analyze=true", "resume=true"])
-def test_ensemble_refuses_what_it_does_not_support(tmp_path, override):
-    with pytest.raises(ConfigError, match=f"seeds=2 does not support {override.split('=')[0]}"):
-        train(make_config(*BASE, "seeds=2", override), tmp_path)
+def load(d):
+    return torch.load(d / "weights.pt", weights_only=True)["weights"]
+
+
+@pytest.mark.slow
+def test_an_ensemble_with_phases_and_a_twin_equals_single_runs(tmp_path):
+    """Phases (equivariant, then orbit-augmented) and the twin in an ensemble: each seed's weights,
+    twin distance and switch equal its own run's to round-off in float64 (≤1e-12 relative)."""
+    common = (
+        *BASE,
+        "dtype=float64",
+        "lr=0.01",
+        "twin=true",
+        "+phases=[{mode:equivariant,epochs:1},{mode:augmented,epochs:1,augment:orbit}]",
+    )
+    train(make_config(*common, "seed=3", "seeds=2"), tmp_path / "e")
+    for seed in (3, 4):
+        train(make_config(*common, f"seed={seed}"), tmp_path / f"a{seed}")
+        together, alone = tmp_path / "e" / f"seed={seed}", tmp_path / f"a{seed}"
+        assert rel(load(together), load(alone)) <= 1e-12
+        steps_e, twin_e = scalars(together)["twin/dist"]
+        steps_a, twin_a = scalars(alone)["twin/dist"]
+        assert steps_e == steps_a == list(range(20))
+        assert twin_e == pytest.approx(twin_a, rel=1e-6, abs=1e-12)  # (logged in float32)
+        assert max(twin_a) > 0  # phase 2 leaves the twin: the check has teeth
+
+
+def test_analyze_writes_every_seeds_stability(tmp_path):
+    train(
+        make_config(*BASE, "seeds=2", "max_steps=3", "analyze=true", "analyze_samples=8", "analyze_iterations=4"),
+        tmp_path / "e",
+    )
+    for seed in (0, 1):
+        result = json.loads((tmp_path / "e" / f"seed={seed}" / "stability.json").read_text())
+        assert result["step"] == 3 and result["samples"] == 8
 
 
 def test_a_diverging_seed_is_frozen_and_the_others_go_on():
-    from eqtrain.config import ModelConfig
-    from eqtrain.ensemble import SeedEnsemble
-    from eqtrain.group import Group
-    from eqtrain.init import initial_weights
-    from eqtrain.model import build_model
-
-    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
-    starts = [initial_weights(model, "standard", 0.0, s) for s in range(2)]
-    ensemble = SeedEnsemble(model, starts, lr=0.1, gamma=0.0, data_scale=1.0)
-    before = [t.clone() for t in ensemble.thetas]
+    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False, seeds=2)
+    model.set_weights(initial_weights_of_seeds(model, "standard", 0.0, [0, 1]))
+    before = [m.theta.detach().clone() for m in model.maps]
     x, y = torch.rand(2, 4, 1, 28, 28), torch.randint(0, 10, (2, 4))
     x[1, 0, 0, 0, 0] = float("nan")  # seed 1's batch poisons its loss
-    loss, _ = ensemble.step(x, y)
-    assert torch.isfinite(loss[0]) and not torch.isfinite(loss[1])
-    assert ensemble.alive.tolist() == [True, False]
-    assert not torch.equal(ensemble.thetas[0][0], before[0][0])  # seed 0 moved
-    assert all(torch.equal(t[1], b[1]) for t, b in zip(ensemble.thetas, before))  # seed 1 frozen, finite
+    result = sgd_step(model, x, y, 0.1, 0.0, 1.0, torch.ones(2, dtype=torch.bool))
+    assert torch.isfinite(result.loss[0]) and not torch.isfinite(result.loss[1])
+    assert result.alive.tolist() == [True, False]
+    assert not torch.equal(model.maps[0].theta[0], before[0][0])  # seed 0 moved
+    assert all(torch.equal(m.theta[1], b[1]) for m, b in zip(model.maps, before))  # seed 1 frozen, finite
+
+
+LONG = [
+    "dataset.train_limit=600",
+    "dataset.test_limit=50",
+    "epochs=2",
+    "batch_size=1",
+    "mode=augreg",
+    "lr=0.01",
+    "seeds=2",
+]
+
+
+@pytest.mark.slow
+def test_an_ensemble_killed_and_resumed_is_bitwise_identical(tmp_path):
+    """seeds=N is a run like any other: SIGTERM mid-epoch, resume=true, every seed bitwise as uninterrupted."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([EQTRAIN, *LONG, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's checkpoint: now in epoch 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert 600 < torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < 1200  # mid-epoch
+    for seed in (0, 1):
+        assert json.loads((killed / f"seed={seed}" / "metrics.json").read_text())["status"] == "interrupted"
+    subprocess.run(
+        [EQTRAIN, *LONG, f"hydra.run.dir={killed}", "resume=true"], cwd=tmp_path, check=True, capture_output=True
+    )
+    for seed in (0, 1):
+        ref, resumed = reference / f"seed={seed}", killed / f"seed={seed}"
+        assert (resumed / "metrics.json").read_text() == (ref / "metrics.json").read_text()
+        assert all(torch.equal(a, b) for a, b in zip(load(ref), load(resumed)))
+        assert scalars(resumed) == scalars(ref)  # no duplicated or missing steps, the same values
 
 
 def test_a_diverged_seed_is_recorded_as_its_own_run_would_be(tmp_path):
