@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
@@ -91,3 +93,23 @@ def cli(tmp_path: Path, monkeypatch, capsys, *args: str) -> tuple[int, str]:
 def rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """‖a − b‖ / ‖b‖ over a list of tensors."""
     return (sum((x - y).pow(2).sum() for x, y in zip(a, b)) / sum(y.pow(2).sum() for y in b)).sqrt().item()
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An IDX file as MNIST ships it: magic (0, 0, dtype 0x08, ndim), big-endian dims, bytes."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist(root, folder="MNIST", n_train=30, n_test=20):
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28))
+        labels = rng.integers(0, 10, size=n)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        files[prefix] = (images, labels)
+    return files

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from eqtrain.signals import StopSignals
 from hydra import compose, initialize_config_module
 
-from .conftest import TINY, make_config
+from eqtrain.run.signals import StopSignals
+
+from ..helpers import TINY, make_config
 
 EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
 FEW = ["experiment=smoke", "max_steps=4"]
@@ -187,8 +188,9 @@ def test_a_phase_switch_keeps_weights_and_biases(run_train):
 
 
 def test_analyze_restores_a_run_that_ended_inside_a_phase(tmp_path):
-    from eqtrain.rundir import restore
-    from eqtrain.train import train
+    from eqtrain.training.restore import restore
+
+    from ..helpers import train_config as train
 
     train(
         make_config(*TINY, "+phases=[{mode:equivariant,epochs:1},{mode:augmented,epochs:1}]", "max_steps=3"), tmp_path
@@ -200,7 +202,7 @@ def test_analyze_restores_a_run_that_ended_inside_a_phase(tmp_path):
 
 def test_paper_preset_runs_on_mnist_files(run_train, tmp_path):
     """experiment=paper as written (MNIST from data_dir), on tiny IDX files written here."""
-    from .test_data import make_mnist
+    from ..helpers import make_mnist
 
     make_mnist(tmp_path / "mnist", n_train=40, n_test=20)
     run = run_train("experiment=paper", f"dataset.data_dir={tmp_path / 'mnist'}", "max_steps=4", "mode=nomreg")
@@ -209,8 +211,9 @@ def test_paper_preset_runs_on_mnist_files(run_train, tmp_path):
 
 
 def test_restore_is_exact_for_the_basis_parametrization(tmp_path):
-    from eqtrain.rundir import restore
-    from eqtrain.train import train
+    from eqtrain.training.restore import restore
+
+    from ..helpers import train_config as train
 
     train(make_config(*TINY, "model.parametrization=basis", "model.support=cross", "max_steps=3"), tmp_path)
     saved = torch.load(tmp_path / "weights.pt", weights_only=True)["weights"]

@@ -1,10 +1,11 @@
 """The training loop: modes, objective, determinism, status."""
 
 import pytest
-from eqtrain.settings import ConfigError
-from eqtrain.train import train
 
-from .conftest import TINY, make_config
+from eqtrain.training.settings import ConfigError
+
+from ..helpers import TINY, make_config
+from ..helpers import train_config as train
 
 MODES = ["nominal", "augmented", "equivariant", "augreg", "nomreg"]
 

@@ -1,34 +1,11 @@
 """Data loading: digits offline, the MNIST family from IDX files written here (SPEC §6)."""
 
-import struct
-
-import numpy as np
 import pytest
 import torch
 
 from eqtrain.data.datasets import DataUnavailable, load_dataset
 
-from ..helpers import make_config
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    """An IDX file as MNIST ships it: magic (0, 0, dtype 0x08, ndim), big-endian dims, bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def make_mnist(root, folder="MNIST", n_train=30, n_test=20):
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    files = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28))
-        labels = rng.integers(0, 10, size=n)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-        files[prefix] = (images, labels)
-    return files
+from ..helpers import make_config, make_mnist
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
