@@ -9,22 +9,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
-SMOKE = ["experiment=smoke"]
+from ..helpers import EQTRAIN, SMOKE, eqtrain
+from ..helpers import scalars as curves
 
-
-def eqtrain(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([EQTRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scalars(run_dir: Path) -> dict[str, list[int]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    """tag -> the steps it was logged at."""
+    return {tag: steps for tag, (steps, _) in curves(run_dir).items()}
 
 
 def test_run_writes_curves_hparams_and_metrics(tmp_path):
@@ -34,9 +27,12 @@ def test_run_writes_curves_hparams_and_metrics(tmp_path):
     steps = scalars(run_dir)
     for tag in ("dist_to_E/conv1", "dist_to_E/conv2", "dist_to_E/head", "dist_to_E/total", "dist_to_E_rel/total"):
         assert steps[tag] == list(range(21)), tag  # 20 steps of 20 (max_steps) + the final weights
-    for tag in ("loss/data", "loss/reg", "loss/total"):
+    for tag in ("loss/data", "loss/reg", "loss/total", "gamma/t"):
         assert steps[tag] == list(range(20)), tag
-    for tag in ("acc/train", "acc/test", "acc/test_orbit", "equiv/test_error", "equiv/test_consistency"):
+    for tag in (
+        "acc/train", "acc/test", "acc/test_orbit", "acc/test_projected", "acc/test_orbit_projected",
+        "equiv/test_error", "equiv/test_consistency",
+    ):  # fmt: skip
         assert steps[tag] == [0, 20], tag  # before training and after the (only) epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 20
@@ -122,11 +118,13 @@ def test_wheel_contains_every_config_file(tmp_path):
         f"eqtrain/configs/{p.relative_to(REPO / 'configs').as_posix()}" for p in (REPO / "configs").rglob("*.yaml")
     }
     assert expected and expected <= names
+    modules = {f"eqtrain/{p.relative_to(REPO / 'eqtrain').as_posix()}" for p in (REPO / "eqtrain").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
     # ... and Hydra finds them in the installed package, from any directory.
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     code = (
-        "import eqtrain; from hydra import compose, initialize_config_module\n"
+        "import eqtrain.cli.train; from hydra import compose, initialize_config_module\n"
         "with initialize_config_module('eqtrain.configs', version_base='1.3'):\n"
         "    print(compose('config', ['experiment=smoke', 'model=deep_cnn']).model.channels)"
     )

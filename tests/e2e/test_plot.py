@@ -2,25 +2,23 @@
 
 import csv
 import json
-import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from eqtrain.plot import TABLE_TAGS, figure, load_sweep, main
 
-EQTRAIN = str(Path(sys.executable).parent / "eqtrain")
+from eqtrain.cli.plot import TABLE_TAGS, figure, load_sweep, main
+
+from .. import helpers
+
 SMOKE = ("experiment=smoke", "max_steps=6")
 MODES, GAMMAS, SEEDS = ("nomreg", "augreg"), (0.1, 1.0), (0, 1)
 
 
 def eqtrain(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([EQTRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=180, env=env)
+    proc = helpers.eqtrain(cwd, *args)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -46,15 +44,8 @@ def copy_of(sweep: Path, tmp_path: Path) -> Path:
 
 
 def event_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read back independently of eqtrain.plot, with TensorBoard's reader and no sampling."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {
-        t: (np.array([e.step for e in acc.Scalars(t)]), np.array([e.value for e in acc.Scalars(t)]))
-        for t in acc.Tags()["scalars"]
-    }
+    """Read back independently of eqtrain-plot, with TensorBoard's reader and no sampling."""
+    return {t: (np.array(steps), np.array(values)) for t, (steps, values) in helpers.scalars(run_dir).items()}
 
 
 def runs_by_group(sweep: Path) -> dict[tuple[str, float], list[Path]]:
