@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType, ValueType
+from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -38,6 +39,17 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="eqtrain_schema", node=Config)
     # ${inv:${batch_size}}: the paper preset's data_scale = 1 / batch_size
     OmegaConf.register_new_resolver("inv", lambda x: 1.0 / float(x), replace=True)
+
+
+def register_sweeper() -> None:
+    """eqtrain's grid sweeper, registered by hand: an editable install hides it from Hydra's plugin scan.
+
+    Imported only after that scan (``Plugins.instance()``), which reloads Hydra's own sweeper module.
+    """
+    plugins = Plugins.instance()
+    from hydra_plugins.eqtrain_sweeper.grid_sweeper import GridSweeper
+
+    plugins.register(GridSweeper)
 
 
 register_configs()
@@ -171,6 +183,7 @@ def run() -> None:
     problem = precheck(sys.argv[1:])
     if problem:
         fail(problem)
+    register_sweeper()
     main()
 
 

@@ -55,7 +55,10 @@ class LayerSpace(nn.Module):
         # are those of I − P_E, which gives Π_{E⊥} in one product.
         p_e = indicator[:, inside] @ (indicator[:, inside] / indicator[:, inside].sum(0)).T
         self.register_buffer("p_e", p_e.to(dtype), persistent=False)
-        self.register_buffer("p_perp", (torch.eye(h * w, dtype=torch.float64) - p_e).to(dtype), persistent=False)
+        # Π_{E⊥} is applied in float64 whatever the run's dtype: its entries (0, 1/|o|, 1 − 1/|o|) are
+        # exact, and in float64 so is every product with float32 weights, so weights on E have a
+        # distance of exactly 0 and the regularizer injects no round-off off E (SPEC §2).
+        self.register_buffer("p_perp", torch.eye(h * w, dtype=torch.float64) - p_e, persistent=False)
         self.register_buffer("orbit_sizes", indicator.sum(0)[inside].to(dtype), persistent=False)
 
     @property
@@ -86,4 +89,5 @@ class LayerSpace(nn.Module):
         return a @ self.p_e
 
     def project_perp(self, a: torch.Tensor) -> torch.Tensor:
-        return a @ self.p_perp  # one small product per layer: this runs every step
+        """Π_{E⊥}A, exact for float32 A (computed in float64): one small product, every step."""
+        return a @ self.p_perp if a.dtype == torch.float64 else (a.double() @ self.p_perp).to(a.dtype)

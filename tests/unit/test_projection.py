@@ -118,3 +118,21 @@ def test_projections_are_exact_in_float64(group):
     s = LayerSpace(Group.from_name(group), 5, 5, dtype=torch.float64)
     assert torch.equal(s.p_e @ s.p_e, s.p_e)
     assert torch.equal(s.p_perp @ s.p_perp, s.p_perp)
+
+
+@pytest.mark.parametrize("name", GROUP_NAMES)
+def test_weights_on_e_have_distance_exactly_zero_in_float32(name):
+    """An equivariant model's A = θ·B is constant on orbits, so exactly in E: Π_{E⊥}A is computed in
+    float64 (exact for float32 inputs), and d(A) is 0 to the bit, not float32 round-off (SPEC §2)."""
+    from eqtrain.nets.cnn import build_model
+    from eqtrain.schema import ModelConfig
+
+    model = build_model(ModelConfig(), Group.from_name(name), (1, 28, 28), 10, constrain=True, seeds=3)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.maps:
+            m.theta.copy_(torch.randn(m.theta.shape, generator=generator))
+    assert model.distances().values.abs().max().item() == 0.0
+    nominal = build_model(ModelConfig(), Group.from_name(name), (1, 28, 28), 10, constrain=False, seeds=3)
+    nominal.set_weights([a.detach() * (1 + 1e-3 * torch.rand(a.shape, generator=generator)) for a in model.weights()])
+    assert nominal.distances().total.min().item() > 1e-6  # off E by a hair: measured, not hidden

@@ -1,0 +1,30 @@
+"""eqtrain's default sweeper: Hydra's grid, without the jobs that would repeat another job exactly.
+
+γ (and its schedule) means nothing to a mode without a regularizer (SPEC §4: nominal, augmented,
+equivariant), so ``-m mode=nomreg,augreg,equivariant gamma=0.01,0.1,1,10`` would train the
+equivariant model four times, identically. This sweeper drops the γ overrides of such jobs and
+keeps one job per distinct command line: 9 jobs there, not 12. Everything else is Hydra's
+BasicSweeper. It is the default (configs/hydra/sweeper/grid.yaml); ``hydra/sweeper=basic``
+restores the plain grid. Hydra loads sweepers only from its ``hydra_plugins`` namespace, so the
+class itself lives in hydra_plugins/eqtrain_sweeper/ and calls ``without_repeats`` from here.
+"""
+
+from __future__ import annotations
+
+from ..training.modes import MODES
+
+GAMMA_KEYS = ("gamma", "gamma_schedule", "gamma_start", "gamma_ramp_epochs", "gamma_ramp_steps")
+
+
+def without_repeats(jobs: list[list[str]], default_mode: str | None = None) -> list[list[str]]:
+    """The jobs (lists of ``key=value``), γ keys dropped where the job's mode has no regularizer, deduplicated."""
+    kept, seen = [], set()
+    for job in jobs:
+        values = dict(o.split("=", 1) for o in job if "=" in o)
+        mode = values.get("mode", default_mode)
+        if "phases" not in values and mode in MODES and not MODES[mode].regularize:
+            job = [o for o in job if o.split("=", 1)[0].lstrip("+~") not in GAMMA_KEYS]
+        if tuple(job) not in seen:
+            seen.add(tuple(job))
+            kept.append(job)
+    return kept

@@ -1,0 +1,1 @@
+"""eqtrain's Hydra plugin: the grid sweeper that trains each γ-free mode once (eqtrain/cli/sweeper.py)."""

@@ -1,0 +1,30 @@
+"""Hydra's BasicSweeper, minus jobs that repeat another exactly (the logic: eqtrain.cli.sweeper)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.types import Override
+
+from eqtrain.cli.sweeper import without_repeats
+
+log = logging.getLogger(__name__)
+
+
+class GridSweeper(BasicSweeper):
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.default_mode = config.mode.name if "mode" in config else None
+
+    def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+        kept = without_repeats(jobs, getattr(self, "default_mode", None))
+        if len(kept) < len(jobs):
+            log.info(
+                "sweep: %d jobs (%d dropped: gamma does not change a mode without a regularizer)",
+                len(kept),
+                len(jobs) - len(kept),
+            )
+        return list(BasicSweeper.split_overrides_to_chunks(kept, max_batch_size))
