@@ -20,7 +20,7 @@ def without_repeats(jobs: list[list[str]], default_mode: str | None = None) -> l
     """The jobs (lists of ``key=value``), γ keys dropped where the job's mode has no regularizer, deduplicated."""
     kept, seen = [], set()
     for job in jobs:
-        values = dict(o.split("=", 1) for o in job if "=" in o)
+        values = {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in job if "=" in o)}
         mode = values.get("mode", default_mode)
         if "phases" not in values and mode in MODES and not MODES[mode].regularize:
             job = [o for o in job if o.split("=", 1)[0].lstrip("+~") not in GAMMA_KEYS]

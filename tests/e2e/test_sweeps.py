@@ -218,3 +218,19 @@ def test_restore_is_exact_for_the_basis_parametrization(tmp_path):
     train(make_config(*TINY, "model.parametrization=basis", "model.support=cross", "max_steps=3"), tmp_path)
     saved = torch.load(tmp_path / "weights.pt", weights_only=True)["weights"]
     assert all(torch.equal(a[0], b) for a, b in zip(restore(tmp_path).model.weights(), saved))
+
+
+@pytest.mark.slow
+def test_paper_sweep_is_nine_jobs_of_all_seeds_and_plots(tmp_path):
+    """sweep=paper_gammas: one job per (mode, γ) holding every seed, the equivariant model once; the
+    figure and the table read the per-seed run directories of those jobs."""
+    from eqtrain.cli.plot import main as plot
+
+    runs = sweep(tmp_path, "experiment=paper", "dataset=digits", "sweep=paper_gammas", "seeds=2", "max_steps=2",
+                 "dataset.train_limit=40", "dataset.test_limit=20")  # fmt: skip
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 9 and sum("mode=equivariant" in j for j in jobs) == 1
+    assert len(runs) == 18  # 9 jobs x 2 seeds
+    assert plot([str(tmp_path / "sweep")]) == 0
+    table = (tmp_path / "sweep" / "summary.md").read_text()
+    assert table.count("| equivariant |") == 1 and table.count("| augreg |") == 4 and table.count("| nomreg |") == 4

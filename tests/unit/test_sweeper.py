@@ -1,0 +1,29 @@
+"""The grid sweeper drops only the jobs that would repeat another exactly (γ means nothing without a regularizer)."""
+
+from eqtrain.cli.sweeper import without_repeats
+
+
+def test_a_mode_without_regularizer_is_trained_once_per_gamma_grid():
+    jobs = [
+        [f"mode={m}", f"gamma={g}", "seeds=30"] for m in ("nomreg", "augreg", "equivariant") for g in (0.01, 0.1, 1, 10)
+    ]
+    kept = without_repeats(jobs)
+    assert len(kept) == 9  # 2 modes x 4 gammas + 1 equivariant job
+    assert ["mode=equivariant", "seeds=30"] in kept
+    assert all(any(o.startswith("gamma=") for o in job) for job in kept if job[0] in ("mode=nomreg", "mode=augreg"))
+
+
+def test_other_keys_still_split_jobs_and_the_default_mode_counts():
+    jobs = [["gamma=1", "seed=0"], ["gamma=10", "seed=0"], ["gamma=1", "seed=1"], ["gamma=10", "seed=1"]]
+    assert without_repeats(jobs, default_mode="nominal") == [["seed=0"], ["seed=1"]]
+    assert without_repeats(jobs, default_mode="augreg") == jobs  # a regularized default keeps every γ
+    ramps = [
+        ["mode=augmented", "gamma=1", "gamma_schedule=exp"],
+        ["mode=augmented", "gamma=1", "gamma_schedule=linear"],
+    ]
+    assert without_repeats(ramps) == [["mode=augmented"]]
+
+
+def test_phases_keep_their_gammas():
+    jobs = [["mode=nominal", "+phases=[{mode:augreg,epochs:1}]", f"gamma={g}"] for g in (1, 10)]
+    assert without_repeats(jobs) == jobs
