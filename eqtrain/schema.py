@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-DEFAULT_GAMMA = 1.0  # γ of the regularized modes when ``gamma`` is left unset
+DEFAULT_GAMMA = 10.0  # γ of the regularized modes when ``gamma`` is left unset (docs/design.md: the default run)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ModeConfig:
 
 @dataclass
 class InitConfig:
-    scheme: str = "perturbed_equivariant"  # perturbed_equivariant | standard
+    scheme: str = "standard"  # standard (Kaiming-uniform in L) | perturbed_equivariant | reference
     sigma: float = 1e-3  # std of the perturbation orthogonal to E
 
 
@@ -96,7 +96,7 @@ class Config:
     seeds: int = 1  # > 1: train seeds seed .. seed+seeds-1 together as one vectorised ensemble
     epochs: int = 10
     batch_size: int = 10
-    lr: float = 0.05
+    lr: float = 0.02
     augment: str = "random"  # random | orbit (used by the augmented modes)
     data_scale: float = 1.0  # factor on the data term; the paper's objective uses 1/batch_size
     max_steps: Optional[int] = None  # stop after this many SGD steps

@@ -36,7 +36,7 @@ def test_run_writes_curves_hparams_and_metrics(tmp_path):
         assert steps[tag] == [0, 20], tag  # before training and after the (only) epoch
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 20
-    assert metrics["hparams"]["mode"] == "augreg" and metrics["hparams"]["gamma"] == 1.0
+    assert metrics["hparams"]["mode"] == "augreg" and metrics["hparams"]["gamma"] == 10.0
     # hparams live in the run's own directory (TensorBoard's HParams tab).
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 

@@ -105,6 +105,7 @@ def test_twin_tracks_orbit_augmented_training_from_e(run_train):
         *TINY,
         "mode=augmented",
         "augment=orbit",
+        "init.scheme=perturbed_equivariant",
         "init.sigma=0",
         "twin=true",
         "max_steps=30",
@@ -116,7 +117,9 @@ def test_twin_tracks_orbit_augmented_training_from_e(run_train):
 
 
 def test_twin_separates_from_nominal_training(run_train):
-    _, twin = run_train(*TINY, "mode=nominal", "init.sigma=0", "twin=true", "max_steps=10").scalars("twin/dist")
+    _, twin = run_train(
+        *TINY, "mode=nominal", "init.scheme=perturbed_equivariant", "init.sigma=0", "twin=true", "max_steps=10"
+    ).scalars("twin/dist")
     assert twin[0] == 0.0 and twin[-1] > 1e-3
 
 

@@ -13,7 +13,7 @@ from eqtrain.geometry.group import Group
 from eqtrain.geometry.projection import LayerSpace
 from eqtrain.geometry.support import make_support
 
-BASE = ("dataset.train_limit=200", "dataset.test_limit=50", "epochs=100")
+BASE = ("dataset.train_limit=200", "dataset.test_limit=50", "epochs=100", "init.scheme=perturbed_equivariant")
 ON_E = ("init.sigma=0",)  # A₀ = the equivariant network itself: exactly on E
 
 
