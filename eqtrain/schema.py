@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+AUGMENT_KINDS = ("random", "orbit")  # SPEC §4: one random g per image per step, or the whole orbit
 DEFAULT_GAMMA = 10.0  # γ of the regularized modes when ``gamma`` is left unset (docs/design.md: the default run)
 
 

@@ -55,10 +55,16 @@ def register_sweeper() -> None:
 register_configs()
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    from ..data.datasets import DataUnavailable
+# What a user can fix: a bad value (ConfigError, DataUnavailable and CheckpointError are ValueErrors),
+# a missing file, a full disk or an unwritable directory (OSError).
+USER_ERRORS = (ValueError, OSError)
 
-    return (ValueError, DataUnavailable, FileNotFoundError)
+
+def message_of(err: Exception) -> str:
+    """One line: an OSError names its file and the system's reason."""
+    if isinstance(err, OSError) and err.strerror and not isinstance(err, FileNotFoundError):
+        return f"cannot write {err.filename or 'a file'}: {err.strerror}" if err.filename else f"{err.strerror}"
+    return " ".join(str(err).split())
 
 
 def settings_of(cfg: DictConfig):
@@ -189,16 +195,17 @@ def run() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://eqtrain.configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from ..training.loop import train  # torch is imported only once Hydra has parsed the command line
-
     adapt_to_launcher(cfg)
     try:
-        result = train(settings_of(cfg), HydraConfig.get().runtime.output_dir)
-    except user_errors() as err:
+        settings = settings_of(cfg)  # every value checked before torch is imported
+        from ..training.loop import train
+
+        result = train(settings, HydraConfig.get().runtime.output_dir)
+    except USER_ERRORS as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("%s", err)  # the job fails, the sweep goes on; Hydra reports it at the end
+            log.error("%s", message_of(err))  # the job fails, the sweep goes on; Hydra reports it at the end
             raise
-        fail(str(err))
+        fail(message_of(err))
     return objective(result, cfg)
 
 

@@ -45,7 +45,7 @@ class Data:
         )
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(ValueError):
     """The dataset files are not where the config says and cannot be downloaded."""
 
 
