@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..schema import Config
+from .summary import run_summary
 
 log = logging.getLogger("eqtrain")
 
@@ -77,6 +78,15 @@ def settings_of(cfg: DictConfig):
 def fail(message: str) -> None:
     print(f"eqtrain: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: one line per run, and the commands that show it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .summary import sweep_summary
+
+        print(sweep_summary(Path(config.hydra.sweep.dir)))
 
 
 class OutputDirCheck(Callback):
@@ -200,12 +210,19 @@ def main(cfg: DictConfig) -> float | None:
         settings = settings_of(cfg)  # every value checked before torch is imported
         from ..training.loop import train
 
-        result = train(settings, HydraConfig.get().runtime.output_dir)
+        run_dir = HydraConfig.get().runtime.output_dir
+        result = train(settings, run_dir)
     except USER_ERRORS as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("%s", message_of(err))  # the job fails, the sweep goes on; Hydra reports it at the end
             raise
         fail(message_of(err))
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        print(
+            run_summary(
+                result, Path(cfg.resume) if isinstance(cfg.resume, str) and cfg.resume != "auto" else Path(run_dir)
+            )
+        )
     return objective(result, cfg)
 
 
