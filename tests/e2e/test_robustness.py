@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from eqtrain.cli.train import precheck
 
-from ..helpers import EQTRAIN, TINY, cli, make_config, scalars, train_config
+from ..helpers import EQTRAIN, TINY, cli, kill_and_resume, make_config, scalars, train_config, wait_for
 
 QUICK = ["experiment=smoke", "max_steps=3"]
 
@@ -138,31 +137,8 @@ def test_divergence_keeps_the_sweep_going(tmp_path):
 LONG = ["dataset.train_limit=1000", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Until ``path`` exists (an event of the run, not a guess at its timing); the run must still be going."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-
-
 def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run([EQTRAIN, *LONG, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
-
-    proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
-    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's checkpoint: now in epoch 2
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    interrupted = json.loads((killed / "metrics.json").read_text())
-    assert interrupted["status"] == "interrupted"
-    stopped_at = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
-    assert 1000 < stopped_at < 2000  # mid-epoch (epochs are 1000 steps)
-
-    subprocess.run(
-        [EQTRAIN, *LONG, f"hydra.run.dir={killed}", "resume=true"], cwd=tmp_path, check=True, capture_output=True
-    )
+    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=1000)
     assert (killed / "metrics.json").read_text() == (reference / "metrics.json").read_text()
     final_ref = torch.load(reference / "weights.pt", weights_only=True)["weights"]
     final_resumed = torch.load(killed / "weights.pt", weights_only=True)["weights"]
