@@ -14,8 +14,15 @@ def _median(results: list[dict], key: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def shown(path: Path) -> Path:
+    """A path as the user would type it: relative to the working directory when it lies below it."""
+    path = Path(path).absolute()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
 def run_summary(result: dict, run_dir: Path) -> str:
     """A few lines: mode, γ, group, status; d(A) and d/‖A‖ from start to end; the accuracies; the files."""
+    run_dir = shown(run_dir)
     runs = result.get("runs", [result])
     hp = runs[0]["hparams"]
     statuses = sorted({r["status"] for r in runs})
@@ -37,7 +44,7 @@ def run_summary(result: dict, run_dir: Path) -> str:
 
 def sweep_summary(sweep_dir: Path) -> str:
     """One line per run of the sweep (a job, or each seed of a job), then the commands for the figure and curves."""
-    lines = [f"eqtrain: sweep in {sweep_dir}"]
+    lines, sweep_dir = [f"eqtrain: sweep in {shown(sweep_dir)}"], Path(sweep_dir)
     for path in sorted(sweep_dir.rglob(METRICS_FILE)):
         try:
             r = json.loads(path.read_text())
@@ -53,6 +60,6 @@ def sweep_summary(sweep_dir: Path) -> str:
             f"d(A) {r.get('dist_to_E/start', float('nan')):.3g} -> {r['dist_to_E/total']:.3g}, "
             f"acc/test {r['acc/test']:.3f}, acc/test_orbit {r['acc/test_orbit']:.3f}"
         )
-    lines.append(f"  figure and table: eqtrain-plot {sweep_dir}")
-    lines.append(f"  curves: tensorboard --logdir {sweep_dir}")
+    lines.append(f"  figure and table: eqtrain-plot {shown(sweep_dir)}")
+    lines.append(f"  curves: tensorboard --logdir {shown(sweep_dir)}")
     return "\n".join(lines)

@@ -24,6 +24,10 @@ def test_run_writes_curves_hparams_and_metrics(tmp_path):
     proc = eqtrain(tmp_path, *SMOKE)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    # The summary: what changed and where to look.
+    assert "eqtrain: augreg, gamma=10, group=c4: completed after 20 steps" in proc.stdout
+    assert "d(A)  3.013 -> " in proc.stdout and "acc/test_orbit" in proc.stdout
+    assert f"curves: tensorboard --logdir {run_dir.relative_to(tmp_path)}" in proc.stdout
     steps = scalars(run_dir)
     for tag in ("dist_to_E/conv1", "dist_to_E/conv2", "dist_to_E/head", "dist_to_E/total", "dist_to_E_rel/total"):
         assert steps[tag] == list(range(21)), tag  # 20 steps of 20 (max_steps) + the final weights
