@@ -267,9 +267,12 @@ def logits_at(
         h = x if n == 1 else x.repeat(1, n, 1, 1)
     k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
     for i, a in enumerate(weights[:-1]):
-        bias = None
-        if biases is not None:  # one bias per field: shared by a regular field's channels (SPEC §9)
-            bias = biases[i].repeat_interleave(a.shape[1] // biases[i].shape[-1], dim=-1).reshape(-1)
+        bias = None if biases is None else biases[i]
+        if (
+            bias is not None and bias.shape[-1] != a.shape[1]
+        ):  # one bias per regular field, for its |G| channels (SPEC §9)
+            bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
+        bias = None if bias is None else bias.reshape(-1)
         h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=n)
         if arch.pool[i] > 1:
             h = F.avg_pool2d(h, arch.pool[i])
