@@ -268,9 +268,7 @@ def logits_at(
     k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
     for i, a in enumerate(weights[:-1]):
         bias = None if biases is None else biases[i]
-        if (
-            bias is not None and bias.shape[-1] != a.shape[1]
-        ):  # one bias per regular field, for its |G| channels (SPEC §9)
+        if bias is not None and bias.shape[-1] != a.shape[1]:  # one per regular field (SPEC §9)
             bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
         bias = None if bias is None else bias.reshape(-1)
         h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=n)
