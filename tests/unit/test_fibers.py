@@ -190,7 +190,7 @@ def test_pi_e_matches_a_dense_null_space(group, pair, fields):
     space = layer_space(group, pair, 3, "skewed" if pair != "head" else None, fields)
     m = space.out_type.channels * space.in_type.channels * space.size
     eye = torch.eye(m, dtype=torch.float64)
-    constraints = [eye[:, p] - eye for p in joint_permutations(space)]  # rows: (g·K − K)[j]
+    constraints = [eye[p] - eye for p in joint_permutations(space)]  # row j: (g·K − K)[j] = K[p[j]] − K[j]
     off = ~space.omega.repeat(space.out_type.channels * space.in_type.channels)
     constraints.append(eye[off])
     stacked = torch.cat(constraints)
