@@ -34,7 +34,8 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = "paper_cnn"
-    channels: List[int] = field(default_factory=lambda: [16, 16])
+    channels: List[int] = field(default_factory=lambda: [16, 16])  # per conv: fields (a regular field = |G| channels)
+    fibers: Any = "trivial"  # trivial | regular | one per conv: the hidden layers' field type (SPEC §9)
     kernel_size: int = 3
     support: Any = "full"  # full | cross | skewed | an explicit kxk list of 0/1
     parametrization: str = "orthogonal"  # orthogonal | basis

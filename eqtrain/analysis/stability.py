@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from ..data.augment import Augmenter
 from ..data.datasets import Data
 from ..geometry.group import Group
-from ..geometry.projection import LayerSpace
 from ..nets.cnn import EqCNN, logits_at
 from ..run.files import STABILITY_FILE, write_json
 from ..run.tblog import RunLogger
@@ -63,9 +62,7 @@ class AugmentedRisk:
             self.biases = [b[k : k + 1].detach().to(dtype) for b in model.biases] if model.arch.bias else None
         device = self.point[0].device
         # Float64-exact projections, rebuilt rather than cast from the model's (float32) ones.
-        self.spaces = [
-            LayerSpace(group, s.h, s.w, s.omega.reshape(s.h, s.w).cpu(), dtype=dtype).to(device) for s in model.space
-        ]
+        self.spaces = [s.rebuilt(dtype).to(device) for s in model.space]
         x = x.to(device, dtype)
         self.x, self.y = Augmenter(group, "orbit", x.shape[-2], x.shape[-1], device)(x, y.to(device))
 
@@ -84,9 +81,9 @@ class AugmentedRisk:
         """(dim E, dim L ∩ E⊥)."""
         dim_e = dim_perp = 0
         for s, a in zip(self.spaces, self.point):
-            pairs = a.shape[0] * a.shape[1]
-            dim_e += pairs * s.orbits_in_e
-            dim_perp += pairs * (int(s.omega.sum()) - s.orbits_in_e)
+            out_dim, in_dim = a.shape[:2]
+            dim_e += s.dim_e(out_dim, in_dim)
+            dim_perp += s.dim_l(out_dim, in_dim) - s.dim_e(out_dim, in_dim)
         return dim_e, dim_perp
 
     # -- R^aug and its derivatives ------------------------------------------------------------

@@ -204,6 +204,7 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "image_size": str(cfg.dataset.image_size),
         "shuffle": cfg.dataset.shuffle,
         "channels": str(list(cfg.model.channels)),
+        "fibers": str(cfg.model.fibers if isinstance(cfg.model.fibers, str) else list(cfg.model.fibers)),
         "kernel_size": cfg.model.kernel_size,
         "activation": cfg.model.activation,
         "pool": str(cfg.model.pool),
