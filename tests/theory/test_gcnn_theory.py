@@ -14,7 +14,13 @@ import torch
 
 from ..helpers import rel
 
-BASE = ("model=gcnn", "dataset.train_limit=200", "dataset.test_limit=50", "epochs=100")
+BASE = (
+    "model=gcnn",
+    "dataset.train_limit=200",
+    "dataset.test_limit=50",
+    "epochs=100",
+    "init.scheme=perturbed_equivariant",
+)
 ON_E = ("init.sigma=0",)  # A₀ = the equivariant G-CNN itself: exactly on E
 
 
