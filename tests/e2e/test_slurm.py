@@ -83,6 +83,12 @@ class Background:
             self.proc.kill()
             self.proc.wait()
 
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc) -> None:  # a failed test leaves no sweep behind
+        self.kill()
+
 
 @pytest.fixture(scope="session")
 def cluster():
@@ -181,7 +187,8 @@ def test_a_sweep_with_an_ensemble_job_completes(cluster, tmp_path, reference):
     (``reference`` only starts the later tests' uninterrupted run now, alongside.)
     """
     started = time.monotonic()
-    out = cluster.sweep(tmp_path, tmp_path / "sweep", "experiment=smoke", "threads=1", "seeds=1,2").finish()
+    with cluster.sweep(tmp_path, tmp_path / "sweep", "experiment=smoke", "threads=1", "seeds=1,2") as sweep:
+        out = sweep.finish()
     print(f"two-job sweep: {time.monotonic() - started:.1f} s")
     metrics = sorted(p.relative_to(tmp_path / "sweep") for p in (tmp_path / "sweep").rglob("metrics.json"))
     assert [p.parts[1:] for p in metrics] == [("metrics.json",), ("seed=0", "metrics.json"), ("seed=1", "metrics.json")]
@@ -193,13 +200,13 @@ def test_a_sweep_with_an_ensemble_job_completes(cluster, tmp_path, reference):
 def test_a_job_requeued_mid_run_resumes_bitwise(cluster, tmp_path, reference):
     """``scontrol requeue`` sends SIGTERM: eqtrain checkpoints and exits; SLURM restarts the job, resume=auto continues."""
     sweep_dir = tmp_path / "sweep"
-    sweep = cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.timeout_min=5")
-    job = poll("job under .submitit/", job_of(sweep_dir), sweep)
-    poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)  # in epoch 2 now
-    cluster.scontrol("requeue", job)
-    requeued = time.monotonic()
-    restarted = poll("restart after the requeue", running_again(cluster, job, 1), sweep)
-    sweep.finish()
+    with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.timeout_min=5") as sweep:
+        job = poll("job under .submitit/", job_of(sweep_dir), sweep)
+        poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)  # in epoch 2 now
+        cluster.scontrol("requeue", job)
+        requeued = time.monotonic()
+        restarted = poll("restart after the requeue", running_again(cluster, job, 1), sweep)
+        sweep.finish()
     print(f"requeue: the job ran again {restarted - requeued:.1f} s after scontrol requeue")
 
     log = job_log(sweep_dir, job)
@@ -233,13 +240,31 @@ def released(pid: int) -> bool:
     return pending or not status["State"].startswith("T")
 
 
-def training_pid(cluster: Cluster, job: str) -> int:
-    """The job's task: step 0, local task 0 (the Python process that trains)."""
-    for line in cluster.scontrol("listpids", cluster.job(job)["JobId"]).splitlines()[1:]:
+def training_pid(cluster: Cluster, job: str) -> int | None:
+    """The job's task (step 0, local task 0: the Python process that trains); None if it runs no more."""
+    try:
+        pids = cluster.scontrol("listpids", cluster.job(job)["JobId"])
+    except subprocess.CalledProcessError:
+        return None
+    for line in pids.splitlines()[1:]:
         pid, _, step, local = line.split()[:4]
         if step == "0" and local == "0":
             return int(pid)
-    raise AssertionError(f"no task of step 0 in job {job}")
+    return None
+
+
+def hold_until_signalled(cluster: Cluster, job: str, sweep_dir: Path, sweep: Background) -> None:
+    """Hold the job's training process (SIGSTOP) until SLURM signals it, then let it go."""
+    pid = training_pid(cluster, job)
+    if pid is None:  # signalled already (a slow start), and requeued
+        return
+    os.kill(pid, signal.SIGSTOP)
+    try:  # a signal is delivered asynchronously: first see it held (or already signalled)
+        poll("the job held", lambda: stopped(pid) or "stopped by signal" in job_log(sweep_dir, job), sweep)
+        poll("SIGUSR2 from the time limit", lambda: released(pid), sweep, timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_a_job_at_its_time_limit_resumes_bitwise(cluster, tmp_path, reference):
@@ -252,20 +277,13 @@ def test_a_job_at_its_time_limit_resumes_bitwise(cluster, tmp_path, reference):
     """
     sweep_dir = tmp_path / "sweep"
     limit = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10")
-    sweep = cluster.sweep(tmp_path, sweep_dir, *CONFIG, *limit)
-    job = poll("job under .submitit/", job_of(sweep_dir), sweep)
-    poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
-    pid = training_pid(cluster, job)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        poll("the job held", lambda: stopped(pid), sweep)  # a signal is delivered asynchronously
-        poll("SIGUSR2 from the time limit", lambda: released(pid), sweep, timeout=90)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    signalled = time.monotonic()
-    restarted = poll("restart after the time limit", running_again(cluster, job, 1), sweep)
-    sweep.finish()
+    with cluster.sweep(tmp_path, sweep_dir, *CONFIG, *limit) as sweep:
+        job = poll("job under .submitit/", job_of(sweep_dir), sweep)
+        poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
+        hold_until_signalled(cluster, job, sweep_dir, sweep)
+        signalled = time.monotonic()
+        restarted = poll("restart after the time limit", running_again(cluster, job, 1), sweep)
+        sweep.finish()
     print(f"time limit: the job ran again {restarted - signalled:.1f} s after SIGUSR2")
 
     log = job_log(sweep_dir, job)
