@@ -12,8 +12,9 @@
 # is a whole session. Needs Debian's slurm-wlm and munge (apt-get install slurm-wlm munge) and
 # root (slurmd starts jobs as their user). No systemd: the daemons are plain background
 # processes; config, state, spool, logs, munge key and socket all live in DIR, the ports are
-# free ones picked at start, so two clusters on one machine do not meet. stop ends only the
-# processes whose pid files are in DIR (and checks that each pid still runs from DIR).
+# free ones picked at start, so two clusters on one machine do not meet. munged wants every
+# directory above its socket searchable by all (a DIR under a mode-700 directory will not do).
+# stop ends only the processes whose pid files are in DIR (and checks each still runs from DIR).
 #
 # The config, and why (docs/slurm.md):
 # - partitions `low` (default) and `high`: a `high` job preempts a `low` one (PreemptMode=REQUEUE);
@@ -46,7 +47,7 @@ wait_until() {  # wait_until SECONDS WHAT COMMAND...: poll COMMAND (an event), n
     shift 2
     deadline=$((SECONDS + limit))
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || return 1
+        ((SECONDS < deadline)) || { echo "slurm_cluster: still waiting for $what after $limit s" >&2 && return 1; }
         sleep 0.1
     done
 }
@@ -154,8 +155,22 @@ our_pid() {  # the pid in a pid file, if that process still runs with DIR on its
     echo "$pid"
 }
 
+stop_daemons() {  # stop_daemons DIR NAME...: SIGTERM to each, SIGKILL to any still there after 30 s
+    local dir=$1 name pid pids=()
+    shift
+    for name in "$@"; do
+        if pid=$(our_pid "$dir" "$name.pid"); then
+            kill -TERM "$pid"
+            pids+=("$pid")
+        fi
+    done
+    for pid in "${pids[@]}"; do
+        wait_until 30 "pid $pid to exit" bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+
 stop() {
-    local dir pid name
+    local dir
     dir=$(conf_dir "${1:-}")
     [[ -f "$dir/slurm.conf" ]] || die "$dir holds no cluster (no slurm.conf)"
     export SLURM_CONF=$dir/slurm.conf
@@ -164,12 +179,8 @@ stop() {
         wait_until 60 "the jobs to end" bash -c '[[ -z "$(squeue -h -o %i 2>/dev/null)" ]]' ||
             echo "slurm_cluster: jobs still listed after 60 s; stopping anyway" >&2
     fi
-    for name in slurmd slurmctld munged; do
-        if pid=$(our_pid "$dir" "$name.pid"); then
-            kill -TERM "$pid"
-            wait_until 30 "$name to exit" bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
+    stop_daemons "$dir" slurmd slurmctld  # together (each takes 1-2 s to shut down), munged last
+    stop_daemons "$dir" munged
     echo "slurm_cluster: stopped the cluster in $dir (files kept)" >&2
 }
 
