@@ -215,6 +215,28 @@ def test_a_job_requeued_mid_run_resumes_bitwise(cluster, tmp_path, reference):
     assert_same_run(the_run(sweep_dir), reference())
 
 
+def test_a_job_preempted_by_a_higher_partition_resumes_bitwise(cluster, tmp_path, reference):
+    """A job in partition ``high`` that needs the whole node preempts the one in ``low`` (PreemptMode=REQUEUE):
+    SIGTERM, checkpoint, requeued by SLURM itself, resumed when the node is free again."""
+    sweep_dir = tmp_path / "sweep"
+    with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.partition=low") as sweep:
+        job = poll("job under .submitit/", job_of(sweep_dir), sweep)
+        poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
+        subprocess.run(
+            ["sbatch", "--partition=high", "--exclusive", "--mem=100", "--output=/dev/null", "--wrap=true"],
+            env=cluster.env, cwd=tmp_path, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        preempted = time.monotonic()
+        restarted = poll("restart after the preemption", running_again(cluster, job, 1), sweep)
+        sweep.finish()
+    print(f"preemption: the job ran again {restarted - preempted:.1f} s after the high-priority job came")
+
+    log = job_log(sweep_dir, job)
+    assert f"stopped by signal {int(signal.SIGTERM)}" in log, log[-3000:]
+    assert int(cluster.job(job)["Restarts"]) == 1
+    assert_same_run(the_run(sweep_dir), reference())
+
+
 def proc_status(pid: int) -> dict[str, str] | None:
     """/proc/<pid>/status as a dict (State, SigPnd, ShdPnd, ...); None once the process is gone."""
     try:
