@@ -292,10 +292,10 @@ def hold_until_signalled(cluster: Cluster, job: str, sweep_dir: Path, sweep: Bac
 def test_a_job_at_its_time_limit_resumes_bitwise(cluster, tmp_path, reference):
     """--time=1 --signal=USR2@10: SIGUSR2 before the limit; eqtrain checkpoints, submitit requeues, the job resumes.
 
-    slurmctld checks time limits every 30 s, so the signal comes 20 to 50 s after the start. So that
-    it meets the job mid-run on any machine, however fast, the job is held (SIGSTOP) after its
-    first checkpoint until the signal arrives (slurmstepd sends SIGCONT with it): a job that would
-    have run past its limit.
+    slurmctld checks about every 30 s and signals up to 30 s early, so the signal comes 20 to 50 s
+    after the start. So that it meets the job mid-run on any machine, however fast, the job is held
+    (SIGSTOP) after its first checkpoint until the signal arrives (slurmstepd sends SIGCONT with
+    it): a job that would have run past its limit.
     """
     sweep_dir = tmp_path / "sweep"
     limit = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10")
