@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ class Background:
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(request):
     missing = [tool for tool in DAEMONS if shutil.which(tool) is None]
     why = None
     if missing:
@@ -110,7 +111,10 @@ def cluster():
     print(start.stderr.strip())  # the start-up time
     yield Cluster(conf)
     subprocess.run([SCRIPT, "stop", conf.parent], capture_output=True, timeout=120)
-    shutil.rmtree(conf.parent, ignore_errors=True)
+    if request.session.testsfailed:
+        print(f"a test failed: the cluster's config, state and logs are kept in {conf.parent}")
+    else:
+        shutil.rmtree(conf.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -197,27 +201,10 @@ def test_a_sweep_with_an_ensemble_job_completes(cluster, tmp_path, reference):
     assert "resume: auto" in next((tmp_path / "sweep").rglob("config.yaml")).read_text()
 
 
-def test_a_job_requeued_mid_run_resumes_bitwise(cluster, tmp_path, reference):
-    """``scontrol requeue`` sends SIGTERM: eqtrain checkpoints and exits; SLURM restarts the job, resume=auto continues."""
-    sweep_dir = tmp_path / "sweep"
-    with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.timeout_min=5") as sweep:
-        job = poll("job under .submitit/", job_of(sweep_dir), sweep)
-        poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)  # in epoch 2 now
-        cluster.scontrol("requeue", job)
-        requeued = time.monotonic()
-        restarted = poll("restart after the requeue", running_again(cluster, job, 1), sweep)
-        sweep.finish()
-    print(f"requeue: the job ran again {restarted - requeued:.1f} s after scontrol requeue")
-
-    log = job_log(sweep_dir, job)
-    assert f"stopped by signal {int(signal.SIGTERM)}" in log, log[-3000:]  # interrupted mid-run, checkpointed
-    assert int(cluster.job(job)["Restarts"]) == 1
-    assert_same_run(the_run(sweep_dir), reference())
-
-
 def test_a_job_preempted_by_a_higher_partition_resumes_bitwise(cluster, tmp_path, reference):
     """A job in partition ``high`` that needs the whole node preempts the one in ``low`` (PreemptMode=REQUEUE):
-    SIGTERM, checkpoint, requeued by SLURM itself, resumed when the node is free again."""
+    SIGTERM, checkpoint, requeued by SLURM itself, resumed when the node is free again. (Before the
+    other interrupted jobs: the exclusive job would preempt them too.)"""
     sweep_dir = tmp_path / "sweep"
     with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.partition=low") as sweep:
         job = poll("job under .submitit/", job_of(sweep_dir), sweep)
@@ -233,6 +220,27 @@ def test_a_job_preempted_by_a_higher_partition_resumes_bitwise(cluster, tmp_path
 
     log = job_log(sweep_dir, job)
     assert f"stopped by signal {int(signal.SIGTERM)}" in log, log[-3000:]
+    assert int(cluster.job(job)["Restarts"]) == 1
+    assert_same_run(the_run(sweep_dir), reference())
+
+
+def test_a_job_requeued_mid_run_resumes_bitwise(cluster, tmp_path, reference, at_time_limit):
+    """``scontrol requeue`` sends SIGTERM: eqtrain checkpoints and exits; SLURM restarts the job, resume=auto continues.
+
+    (``at_time_limit`` only starts the last test's job now, alongside.)
+    """
+    sweep_dir = tmp_path / "sweep"
+    with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.timeout_min=5") as sweep:
+        job = poll("job under .submitit/", job_of(sweep_dir), sweep)
+        poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)  # in epoch 2 now
+        cluster.scontrol("requeue", job)
+        requeued = time.monotonic()
+        restarted = poll("restart after the requeue", running_again(cluster, job, 1), sweep)
+        sweep.finish()
+    print(f"requeue: the job ran again {restarted - requeued:.1f} s after scontrol requeue")
+
+    log = job_log(sweep_dir, job)
+    assert f"stopped by signal {int(signal.SIGTERM)}" in log, log[-3000:]  # interrupted mid-run, checkpointed
     assert int(cluster.job(job)["Restarts"]) == 1
     assert_same_run(the_run(sweep_dir), reference())
 
@@ -289,7 +297,28 @@ def hold_until_signalled(cluster: Cluster, job: str, sweep_dir: Path, sweep: Bac
             os.kill(pid, signal.SIGCONT)
 
 
-def test_a_job_at_its_time_limit_resumes_bitwise(cluster, tmp_path, reference):
+@pytest.fixture(scope="module")
+def at_time_limit(cluster, tmp_path_factory):
+    """The time-limit job (``timeout_min=1``, ``signal_delay_s=10``) and a thread that holds it until SLURM
+    signals it, from the first test that asks for it: held or waiting for SLURM, it needs no CPU,
+    so it runs alongside the requeue test. Yields the sweep directory, the sweep and the thread's
+    future (the job, and the seconds from SIGUSR2 until it ran again)."""
+    sweep_dir = tmp_path_factory.mktemp("time_limit") / "sweep"
+    limit = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10")
+    with ThreadPoolExecutor(1) as pool, cluster.sweep(sweep_dir.parent, sweep_dir, *CONFIG, *limit) as sweep:
+        yield sweep_dir, sweep, pool.submit(watch_time_limit, cluster, sweep_dir, sweep)
+
+
+def watch_time_limit(cluster: Cluster, sweep_dir: Path, sweep: Background) -> tuple[str, float]:
+    job = poll("job under .submitit/", job_of(sweep_dir), sweep)
+    poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
+    hold_until_signalled(cluster, job, sweep_dir, sweep)
+    signalled = time.monotonic()
+    restarted = poll("restart after the time limit", running_again(cluster, job, 1), sweep)
+    return job, restarted - signalled
+
+
+def test_a_job_at_its_time_limit_resumes_bitwise(cluster, at_time_limit, reference):
     """--time=1 --signal=USR2@10: SIGUSR2 before the limit; eqtrain checkpoints, submitit requeues, the job resumes.
 
     slurmctld checks about every 30 s and signals up to 30 s early, so the signal comes 20 to 50 s
@@ -297,16 +326,10 @@ def test_a_job_at_its_time_limit_resumes_bitwise(cluster, tmp_path, reference):
     (SIGSTOP) after its first checkpoint until the signal arrives (slurmstepd sends SIGCONT with
     it): a job that would have run past its limit.
     """
-    sweep_dir = tmp_path / "sweep"
-    limit = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10")
-    with cluster.sweep(tmp_path, sweep_dir, *CONFIG, *limit) as sweep:
-        job = poll("job under .submitit/", job_of(sweep_dir), sweep)
-        poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
-        hold_until_signalled(cluster, job, sweep_dir, sweep)
-        signalled = time.monotonic()
-        restarted = poll("restart after the time limit", running_again(cluster, job, 1), sweep)
-        sweep.finish()
-    print(f"time limit: the job ran again {restarted - signalled:.1f} s after SIGUSR2")
+    sweep_dir, sweep, watched = at_time_limit
+    job, delay = watched.result(timeout=600)
+    sweep.finish()
+    print(f"time limit: the job ran again {delay:.1f} s after SIGUSR2")
 
     log = job_log(sweep_dir, job)
     assert f"stopped by signal {int(signal.SIGUSR2)}" in log, log[-3000:]
