@@ -112,7 +112,7 @@ EOF
 start() {
     local dir t0=$EPOCHREALTIME
     [[ $EUID -eq 0 ]] || die "start needs root (slurmd runs jobs as their user)"
-    for tool in munged mungekey slurmctld slurmd sinfo; do
+    for tool in munged slurmctld slurmd sinfo; do
         command -v "$tool" >/dev/null || die "$tool not found: apt-get install -y slurm-wlm munge"
     done
     if [[ -n "${1:-}" ]]; then
@@ -129,7 +129,7 @@ start() {
     export SLURM_CONF=$dir/slurm.conf
     write_config "$dir"
 
-    mungekey --create --keyfile="$dir/munge/munge.key" 2>/dev/null ||
+    mungekey --create --keyfile="$dir/munge/munge.key" 2>/dev/null ||  # munge < 0.5.14 has no mungekey
         { dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none && chmod 400 "$dir/munge/munge.key"; }
     munged --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
         --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" ||
