@@ -12,6 +12,8 @@ from eqtrain.cli.plot import main as plot
 
 from ..helpers import TINY, Run, make_config, rel, scalars, train_config
 
+pytestmark = pytest.mark.slow  # a real sweep or many steps of a wider network per test
+
 SMALL = (*TINY, "model=gcnn", "dataset.image_size=12")  # 12 -> 6 -> 3: cheap, and exactly equivariant
 
 

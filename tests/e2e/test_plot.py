@@ -13,6 +13,8 @@ from eqtrain.cli.plot import TABLE_TAGS, figure, load_sweep, main
 
 from .. import helpers
 
+pytestmark = pytest.mark.slow  # a real sweep or many steps of a wider network per test
+
 SMOKE = ("experiment=smoke", "max_steps=6")
 MODES, GAMMAS, SEEDS = ("nomreg", "augreg"), (0.1, 1.0), (0, 1)
 

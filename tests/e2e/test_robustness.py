@@ -66,6 +66,7 @@ def test_missing_data_files(tmp_path, monkeypatch, capsys):
     assert "dataset=digits works offline" in err
 
 
+@pytest.mark.slow
 def test_download_without_network_fails_fast(tmp_path, monkeypatch, capsys):
     start = time.monotonic()
     code, err = cli(
@@ -122,6 +123,7 @@ def test_divergence_stops_flushes_and_keeps_the_last_finite_state(run_train):
     assert all(torch.equal(a, b) for a, b in zip(run.weights(), start))  # weights.pt: A_0 itself
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_sweep_going(tmp_path):
     proc = subprocess.run(
         [EQTRAIN, "-m", *QUICK, "mode=nominal", "lr=1e38,0.05", f"hydra.sweep.dir={tmp_path}/sweep"],
@@ -137,6 +139,7 @@ def test_divergence_keeps_the_sweep_going(tmp_path):
 LONG = ["dataset.train_limit=1000", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
     reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=1000)
     assert (killed / "metrics.json").read_text() == (reference / "metrics.json").read_text()
@@ -150,6 +153,7 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
         assert resumed_curves[tag] == (steps, values), tag
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR2])
 def test_other_stop_signals_checkpoint_too(tmp_path, sig):
     run = tmp_path / "run"
@@ -161,6 +165,7 @@ def test_other_stop_signals_checkpoint_too(tmp_path, sig):
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > 1000  # past the first epoch
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics_across_processes(tmp_path):
     for name in ("a", "b"):
         subprocess.run([EQTRAIN, *QUICK, "max_steps=15", f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, check=True)

@@ -14,6 +14,8 @@ import torch
 
 from ..helpers import rel
 
+pytestmark = pytest.mark.slow  # a real sweep or many steps of a wider network per test
+
 BASE = (
     "model=gcnn",
     "dataset.train_limit=200",
