@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from yaml import YAMLError
 
     from ..analysis.stability import analyze_run, summary
-    from ..data.datasets import DataUnavailable
+    from ..data.datasets import DataDamaged, DataUnavailable
     from ..run.files import STABILITY_FILE
     from ..training.restore import RestoreError, restore
 
@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         restored = restore(run_dir, args.device, args.data_dir)
     except RestoreError as err:  # a damaged, foreign or missing file: the message says which and what to do
         return fail(str(err))
-    except DataUnavailable as err:
-        return fail(f"{err} (eqtrain-analyze: --data-dir DIR)")
+    except DataUnavailable as err:  # a damaged file is named; missing data may just have moved
+        return fail(str(err) if isinstance(err, DataDamaged) else f"{err} (eqtrain-analyze: --data-dir DIR)")
     except (OSError, ValueError, KeyError, RuntimeError, OmegaConfBaseException, YAMLError) as err:
         return fail(f"cannot restore the run in {str(run_dir)!r}: {err}")
     problem = unwritable(run_dir)  # before minutes of Lanczos, not after
