@@ -46,7 +46,9 @@ def run_dirs_under(directory: Path) -> list[Path]:
 def check_run_dir(run_dir: Path) -> None:
     """One line if ``run_dir`` is not one run's directory (missing, a file, a sweep, an ensemble's job)."""
     if not run_dir.exists():
-        raise RestoreError(f"{str(run_dir)!r} does not exist; pass a finished eqtrain run directory")
+        raise RestoreError(
+            f"{str(run_dir)!r} does not exist (no config.yaml, no weights.pt); pass a finished run directory"
+        )
     if not run_dir.is_dir():
         raise RestoreError(
             f"{str(run_dir)!r} is a file, not a run directory; pass the directory that holds it ({str(run_dir.parent)!r})"
