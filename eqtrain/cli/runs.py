@@ -15,6 +15,7 @@ stderr and into the written tables.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import math
@@ -102,8 +103,21 @@ class Run:
 
 
 def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished run directories, directories with event files but no metrics.json) under root."""
-    event_dirs = sorted({p.parent for p in root.rglob(EVENTS_GLOB)})
+    """(finished run directories, directories with event files but no metrics.json) under root.
+
+    Symbolic links to directories are followed (a directory of links to runs is a sweep too),
+    each real directory once.
+    """
+    event_dirs, seen = set(), set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        if any(fnmatch.fnmatch(f, EVENTS_GLOB) for f in files + dirs):
+            event_dirs.add(Path(here))
+    event_dirs = sorted(event_dirs)
     finished = [d for d in event_dirs if (d / METRICS_FILE).is_file()]
     return finished, [d for d in event_dirs if d not in finished]
 

@@ -334,3 +334,14 @@ def test_an_output_that_cannot_be_written_keeps_the_previous_ones(job, tmp_path,
     assert plot([str(job), "--out", str(out)]) == 2
     assert "cannot write the outputs" in one_line(capsys.readouterr().err, "eqtrain-plot: error: ")
     assert (out / "summary.md").read_text() == before and not list(out.glob("*.tmp"))
+
+
+def test_a_directory_of_links_to_runs_plots_and_a_link_loop_ends(job, tmp_path, capsys):
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "a").symlink_to(job / "seed=0", target_is_directory=True)
+    (links / "b").symlink_to(job / "seed=1", target_is_directory=True)
+    (links / "loop").symlink_to(links, target_is_directory=True)  # would walk forever if followed blindly
+    assert plot([str(links), "--out", str(tmp_path / "out")]) == 0
+    (row,) = rows_of(tmp_path / "out" / "summary.csv")
+    assert row["n"] == "2"
