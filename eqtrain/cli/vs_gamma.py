@@ -77,7 +77,8 @@ def figure(groups: dict[Key, list[Run]], metric: str = DEFAULT_METRIC) -> Figure
     ax.grid(True, which="major", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Patch(color="grey", alpha=0.25, label="IQR over seeds"))
-    handles.append(Line2D([], [], color="grey", ls="--", label="mode without γ"))
+    if references:
+        handles.append(Line2D([], [], color="grey", ls="--", label="mode without γ"))
     ax.legend(handles=handles, fontsize=7, loc="best")
     return fig
 
