@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="step size of the window (default: the run's lr)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector (default 0)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default cpu)")
+    parser.add_argument(
+        "--data-dir", default=None, help="where the MNIST-family files are (default: the run's dataset.data_dir)"
+    )
     return parser
 
 
@@ -33,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from yaml import YAMLError
 
     from ..analysis.stability import analyze_run, summary
-    from ..data.datasets import DataUnavailable
+    from ..data.datasets import DataDamaged, DataUnavailable
     from ..run.files import STABILITY_FILE
-    from ..training.restore import restore
+    from ..training.restore import RestoreError, restore
 
     def fail(message: str) -> int:
         print("eqtrain-analyze: error: " + " ".join(message.split()), file=sys.stderr)  # one line
@@ -47,11 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--device=cuda is not valid: no CUDA GPU is visible to torch; use --device cpu")
     run_dir = Path(args.run_dir)
     try:
-        restored = restore(run_dir, args.device)
-    except (OSError, ValueError, KeyError, RuntimeError, DataUnavailable, OmegaConfBaseException, YAMLError) as err:
-        # A directory that is not a finished run: missing or unreadable config.yaml / weights.pt.
+        restored = restore(run_dir, args.device, args.data_dir)
+    except RestoreError as err:  # a damaged, foreign or missing file: the message says which and what to do
+        return fail(str(err))
+    except DataUnavailable as err:  # a damaged file is named; missing data may just have moved
+        return fail(str(err) if isinstance(err, DataDamaged) else f"{err} (eqtrain-analyze: --data-dir DIR)")
+    except (OSError, ValueError, KeyError, RuntimeError, OmegaConfBaseException, YAMLError) as err:
+        return fail(f"cannot restore the run in {str(run_dir)!r}: {err}")
+    problem = unwritable(run_dir)  # before minutes of Lanczos, not after
+    if problem:
         return fail(
-            str(err) if isinstance(err, FileNotFoundError) else f"cannot restore the run in {str(run_dir)!r}: {err}"
+            f"cannot write {STABILITY_FILE} into {str(run_dir)!r} ({problem}); analyze a copy of the run directory"
         )
     cfg = restored.settings.config
     lr = cfg.lr if args.lr is None else args.lr
@@ -72,6 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(result))
     print(f"-> {run_dir / STABILITY_FILE}")
     return 0
+
+
+def unwritable(run_dir: Path) -> str | None:
+    """Why the results cannot be written into ``run_dir`` (None when they can)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    stability = run_dir / "stability.json"
+    if stability.exists() and not stability.is_file():
+        return f"{stability} is not a file"
+    return None
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
-"""eqtrain-plot: the paper's figure (SPEC §8) and a table of final values from a sweep directory.
+"""eqtrain-plot: the paper's figure (SPEC §8), the final values against γ (SPEC §10), and their tables.
 
-A sweep (``eqtrain -m mode=nomreg,augreg gamma=0.1,1 'seed=range(30)'``) leaves one run directory
-per job, each with TensorBoard event files and ``metrics.json``. Runs are grouped by (mode, γ);
-the seeds are the repetitions. Anything else that differs between runs (dataset, lr, ...) makes
-the medians meaningless, so such a "mixed" directory is refused rather than plotted.
+Two figures from one sweep directory (reading, grouping and the refusal of mixed directories are
+in ``runs.py``):
+
+- ``curves`` (the default): one panel per γ, d(A_t) (or ``--tag``) against the step, each seed
+  faint and the median over seeds bold, one colour per (mode, schedule); with summary.csv/.md,
+  the last logged values per (mode, schedule, γ).
+- ``--vs gamma`` (``vs_gamma.py``): the final value of ``--metric`` against γ, median and IQR over
+  seeds, modes without γ as horizontal references; with its table.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
-from collections import Counter
-from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 
@@ -23,163 +23,48 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .runs import (
+    Key,
+    PlotError,
+    Run,
+    csv_text,
+    line_label,
+    load_sweep,
+    markdown_table,
+    median_iqr,
+    row_head,
+    with_schedule,
+    write_outputs,
+)
+from .vs_gamma import DEFAULT_METRIC, vs_gamma_outputs
+
 PROG = "eqtrain-plot"
-EVENTS_GLOB = "events.out.tfevents.*"
-GROUP_KEYS = ("mode", "gamma")  # one curve family / table row per value pair
-REPEAT_KEYS = ("seed",)  # the repetitions a median is taken over
 TABLE_TAGS = ("dist_to_E/total", "acc/test", "acc/test_orbit", "equiv/test_error")
 DEFAULT_TAG = "dist_to_E/total"
 MAX_COLUMNS = 4  # panels per row before the figure wraps
 FOOTNOTE = "Last logged value of each run; median and IQR (q75 − q25) over seeds; diverged (or interrupted) runs count in n only."
 
-
-class PlotError(Exception):
-    """A problem with the user's input, reported as one line and exit status 2."""
-
-
-@dataclass
-class Run:
-    path: Path
-    hparams: dict
-    status: str
-    scalars: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values), in file order
-
-    @property
-    def key(self) -> tuple[str, float]:
-        return str(self.hparams["mode"]), float(self.hparams["gamma"])
-
-    @property
-    def diverged(self) -> bool:
-        """Diverged or interrupted: its last values are not a finished run's, so no statistics."""
-        return self.status in ("diverged", "interrupted")
-
-    def last(self, tag: str) -> float:
-        """The tag's last value in the event file (NaN when the run never logged it)."""
-        values = self.scalars.get(tag, (None, np.array([])))[1]
-        return float(values[-1]) if values.size else math.nan
-
-
-# --- reading a sweep ---------------------------------------------------------------------------
-
-
-def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished run directories, directories with event files but no metrics.json) under root."""
-    event_dirs = sorted({p.parent for p in root.rglob(EVENTS_GLOB)})
-    finished = [d for d in event_dirs if (d / "metrics.json").is_file()]
-    return finished, [d for d in event_dirs if d not in finished]
-
-
-def read_scalars(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar of a run, with TensorBoard's reader and no sampling (size_guidance 0 keeps all)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags()["scalars"]:
-        events = acc.Scalars(tag)
-        steps = np.fromiter((e.step for e in events), dtype=np.int64, count=len(events))
-        values = np.fromiter((e.value for e in events), dtype=np.float64, count=len(events))
-        out[tag] = steps, values
-    return out
-
-
-def load_run(run_dir: Path) -> Run:
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise PlotError(f"cannot read {path}: {err}") from err
-    hparams = metrics.get("hparams")
-    if not isinstance(hparams, dict) or any(k not in hparams for k in GROUP_KEYS):
-        raise PlotError(f"{path} has no hparams with {' and '.join(GROUP_KEYS)}: not written by eqtrain?")
-    return Run(run_dir, hparams, str(metrics.get("status", "completed")), read_scalars(run_dir))
-
-
-def check_one_setting(runs: list[Run], root: Path) -> None:
-    """Refuse runs that differ in more than mode, γ and seed: their medians would mix settings."""
-    ignored = set(GROUP_KEYS) | set(REPEAT_KEYS)
-    keys = sorted(set().union(*(r.hparams for r in runs)) - ignored)
-    differing = []
-    for key in keys:
-        counts = Counter(_show(r.hparams.get(key, "<missing>")) for r in runs)
-        if len(counts) > 1:
-            found = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))
-            differing.append(f"{key} = {found}")
-    if differing:
-        raise PlotError(
-            f"{root} mixes runs that differ in more than {', '.join(GROUP_KEYS + REPEAT_KEYS)}: "
-            + "; ".join(differing)
-            + " (plot each setting from its own directory)"
-        )
-
-
-def drop_duplicates(runs: list[Run]) -> tuple[list[Run], int]:
-    """Keep one run per identical hparams: a sweep over γ repeats modes without regularizer (γ = 0)."""
-    kept: dict[str, Run] = {}
-    for run in runs:
-        kept.setdefault(json.dumps(run.hparams, sort_keys=True, default=str), run)
-    return list(kept.values()), len(runs) - len(kept)
-
-
-def group_runs(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
-    """Runs by (mode, γ), sorted by γ then mode, each group sorted by seed."""
-    groups: dict[tuple[str, float], list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.key, []).append(run)
-    return {
-        k: sorted(groups[k], key=lambda r: _show(r.hparams.get("seed")))
-        for k in sorted(groups, key=lambda k: (k[1], k[0]))
-    }
-
-
-def _show(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+__all__ = ["TABLE_TAGS", "PlotError", "figure", "load_sweep", "main", "summarize"]
 
 
 # --- the table ---------------------------------------------------------------------------------
 
 
-def summarize(groups: dict[tuple[str, float], list[Run]]) -> list[dict[str, object]]:
-    """Per (mode, γ): n, how many diverged, and median / IQR over the other runs of each last value.
+def summarize(groups: dict[Key, list[Run]]) -> list[dict[str, object]]:
+    """Per (mode, schedule, γ): n, how many diverged, and median / IQR over the other runs of each last value.
 
     Diverged runs are counted but left out of the statistics: their last value is where the
     loss blew up, not where training ended.
     """
-    rows = []
-    for (mode, gamma), runs in groups.items():
-        row: dict[str, object] = {"mode": mode, "gamma": gamma, "n": len(runs)}
-        row["diverged"] = sum(r.diverged for r in runs)
+    rows, schedule_column = [], with_schedule(groups)
+    for key, runs in groups.items():
+        row = row_head(key, runs, schedule_column)
         kept = [r for r in runs if not r.diverged]
         for tag in TABLE_TAGS:
-            finals = np.array([r.last(tag) for r in kept])
-            q25, med, q75 = np.percentile(finals, [25, 50, 75]) if finals.size else (math.nan,) * 3
-            row[f"{tag} median"], row[f"{tag} IQR"] = float(med), float(q75 - q25)
+            q25, med, q75 = median_iqr([r.last(tag) for r in kept])
+            row[f"{tag} median"], row[f"{tag} IQR"] = med, q75 - q25
         rows.append(row)
     return rows
-
-
-def write_csv(rows: list[dict[str, object]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)  # floats at full precision (repr); the Markdown table rounds
-
-
-def markdown_table(rows: list[dict[str, object]]) -> str:
-    columns = list(rows[0])
-    lines = ["| " + " | ".join("γ" if c == "gamma" else c for c in columns) + " |"]
-    lines.append("|" + "|".join("---" if c == "mode" else "---:" for c in columns) + "|")
-    for row in rows:
-        cells = [_cell(c, row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(column: str, value: object) -> str:
-    if column == "gamma":
-        return f"{value:g}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --- the figure --------------------------------------------------------------------------------
@@ -196,15 +81,16 @@ def median_curve(runs: list[Run], tag: str) -> tuple[np.ndarray, np.ndarray] | N
     return common, np.median(stacked, axis=0)
 
 
-def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -> Figure:
-    """One panel per γ: each run faint, the median over seeds bold, one colour per mode, log y.
+def figure(groups: dict[Key, list[Run]], tag: str = DEFAULT_TAG) -> Figure:
+    """One panel per γ: each run faint, the median over seeds bold, one colour per (mode, schedule), log y.
 
     Modes without a regularizer (logged with γ = 0) do not depend on γ: they are drawn in every
     panel, as the paper's figure shows the equivariant model beside each γ.
     """
-    gammas = sorted({gamma for _, gamma in groups if gamma > 0}) or [0.0]
-    modes = sorted({mode for mode, _ in groups})
-    colour = {mode: f"C{i % 10}" for i, mode in enumerate(modes)}
+    gammas = sorted({gamma for *_, gamma in groups if gamma > 0}) or [0.0]
+    lines = sorted({(mode, schedule) for mode, schedule, _ in groups})
+    colour = {line: f"C{i % 10}" for i, line in enumerate(lines)}
+    label = line_label(groups)
     ncols = min(len(gammas), MAX_COLUMNS)
     nrows = math.ceil(len(gammas) / ncols)
     # Figure + Agg canvas rather than pyplot: no display and no global backend switch
@@ -213,7 +99,7 @@ def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     for ax, gamma in zip(axes, gammas):
         positive = False
-        for (mode, g), runs in groups.items():
+        for (mode, schedule, g), runs in groups.items():
             if g != gamma and g != 0:
                 continue
             for run in runs:
@@ -222,10 +108,10 @@ def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -
                     positive = positive or bool(np.any(values > 0))
                     # rasterized: a 30-seed sweep has millions of points, too many for a vector PDF
                     style = ":" if run.diverged else "-"
-                    ax.plot(steps, values, style, color=colour[mode], lw=0.6, alpha=0.3, rasterized=True)
+                    ax.plot(steps, values, style, color=colour[mode, schedule], lw=0.6, alpha=0.3, rasterized=True)
             median = median_curve([r for r in runs if not r.diverged], tag)
             if median is not None:
-                ax.plot(*median, color=colour[mode], lw=2.0)
+                ax.plot(*median, color=colour[mode, schedule], lw=2.0)
         if not positive:  # say why the panel is empty rather than leave the reader guessing
             ax.text(
                 0.5, 0.5, f"no positive {tag}:\nnothing to show on a log scale", transform=ax.transAxes, ha="center"
@@ -243,18 +129,22 @@ def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -
     for ax in axes[::ncols]:
         ax.set_ylabel(tag)
 
-    def label(mode: str) -> str:  # a mode exactly on E has nothing to draw on a log scale: say so
+    def legend(line: tuple[str, str]) -> str:  # a mode exactly on E has nothing to draw on a log scale: say so
         values = [
-            v for (m, _), runs in groups.items() if m == mode for r in runs for v in r.scalars.get(tag, ((), ()))[1]
+            v
+            for (m, s, _), runs in groups.items()
+            if (m, s) == line
+            for r in runs
+            for v in r.scalars.get(tag, ((), ()))[1]
         ]
-        return f"{mode} (= 0: on E)" if values and max(values) <= 0 else mode
+        return f"{label(line)} (= 0: on E)" if values and max(values) <= 0 else label(line)
 
-    handles = [Line2D([], [], color=colour[m], lw=2.0, label=label(m)) for m in modes]
+    handles = [Line2D([], [], color=colour[line], lw=2.0, label=legend(line)) for line in lines]
     handles += [
         Line2D([], [], color="grey", lw=0.6, alpha=0.6, label="one seed"),
         Line2D([], [], color="grey", lw=2.0, label="median over seeds"),
     ]
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4), frameon=False)
     return fig
 
 
@@ -264,53 +154,61 @@ def figure(groups: dict[tuple[str, float], list[Run]], tag: str = DEFAULT_TAG) -
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="The paper's figure (curves.png/.pdf: one panel per γ, each seed faint, median bold) "
-        "and a table of final values per (mode, γ) (summary.csv/.md) from an eqtrain sweep directory.",
+        description="From an eqtrain sweep directory: the paper's figure (curves.png/.pdf: one panel per γ, each "
+        "seed faint, median bold) and a table of last values per (mode, schedule, γ) (summary.csv/.md); or, "
+        "with --vs gamma, the final value of a metric against γ, median and IQR over seeds, modes without γ as "
+        "horizontal references (vs_gamma_<metric>.png/.pdf/.csv/.md). Damaged runs are skipped or drawn as far "
+        "as they can be read, with a note.",
     )
     parser.add_argument("sweep_dir", type=Path, help="directory holding run directories (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the outputs (default: SWEEP_DIR)")
-    parser.add_argument("--tag", default=DEFAULT_TAG, help=f"scalar on the y axis (default: {DEFAULT_TAG})")
+    parser.add_argument("--vs", choices=("step", "gamma"), default="step", help="x axis: step (curves) or gamma")
+    parser.add_argument("--tag", default=DEFAULT_TAG, help=f"curves: scalar on the y axis (default: {DEFAULT_TAG})")
+    parser.add_argument(
+        "--metric", default=DEFAULT_METRIC, help=f"--vs gamma: final value on the y axis (default: {DEFAULT_METRIC})"
+    )
     return parser.parse_args(argv)
 
 
-def load_sweep(root: Path) -> tuple[dict[tuple[str, float], list[Run]], list[str]]:
-    """The runs under root grouped by (mode, γ), and notes for the user; PlotError if unusable."""
-    if not root.is_dir():
-        raise PlotError(f"{root} does not exist or is not a directory")
-    run_dirs, unfinished = find_run_dirs(root)
-    if not run_dirs:
-        raise PlotError(f"no eqtrain runs under {root} (looked for directories with {EVENTS_GLOB} and metrics.json)")
-    runs, duplicates = drop_duplicates([load_run(d) for d in run_dirs])
-    check_one_setting(runs, root)
-    notes = [f"note: skipped {len(unfinished)} unfinished run(s) without metrics.json"] if unfinished else []
-    if duplicates:
-        notes.append(f"note: ignored {duplicates} run(s) with the same hparams as another run")
-    return group_runs(runs), notes
+def curves_outputs(groups: dict[Key, list[Run]], tag: str, notes: list[str], out: Path) -> tuple[dict, str]:
+    if not any(tag in r.scalars for runs in groups.values() for r in runs):
+        found = sorted({t for runs in groups.values() for r in runs for t in r.scalars})
+        raise PlotError(f"--tag {tag} is in no run; tags found: {', '.join(found)}")
+    fig = figure(groups, tag)
+    rows = summarize(groups)
+    table = markdown_table(rows)
+    outputs = {
+        out / "curves.png": fig,
+        out / "curves.pdf": fig,
+        out / "summary.csv": csv_text(rows),
+        out / "summary.md": f"{table}\n{FOOTNOTE}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""),
+    }
+    return outputs, f"{table}\n{FOOTNOTE}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = args.out if args.out is not None else args.sweep_dir
     try:
         groups, notes = load_sweep(args.sweep_dir)
-        if not any(args.tag in r.scalars for runs in groups.values() for r in runs):
-            found = sorted({t for runs in groups.values() for r in runs for t in r.scalars})
-            raise PlotError(f"--tag {args.tag} is in no run; tags found: {', '.join(found)}")
+        if args.vs == "gamma":
+            outputs, printed = vs_gamma_outputs(groups, args.metric, notes, out)
+        else:
+            outputs, printed = curves_outputs(groups, args.tag, notes, out)
+        if out.exists() and not out.is_dir():
+            raise PlotError(f"--out {out} is a file, not a directory; pass a directory for the outputs")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_outputs(outputs)
+        except OSError as err:
+            raise PlotError(
+                f"cannot write the outputs into {out} ({err.strerror or err}); pass a writable --out"
+            ) from err
     except PlotError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else args.sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
-    fig = figure(groups, args.tag)
-    paths = [out / "curves.png", out / "curves.pdf", out / "summary.csv", out / "summary.md"]
-    for path in paths[:2]:
-        fig.savefig(path)
-    rows = summarize(groups)
-    table = markdown_table(rows)
-    write_csv(rows, paths[2])
-    paths[3].write_text(f"{table}\n{FOOTNOTE}\n")
     for note in notes:
         print(note, file=sys.stderr)
-    print(table)
-    print(FOOTNOTE)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print(printed)
+    print("wrote " + ", ".join(str(p) for p in outputs))
     return 0

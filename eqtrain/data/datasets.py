@@ -9,8 +9,11 @@ one scalar mean and std of the training set (a scalar keeps the data's symmetry 
 
 from __future__ import annotations
 
+import math
 import socket
+import struct
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,10 @@ class Data:
 
 class DataUnavailable(ValueError):
     """The dataset files are not where the config says and cannot be downloaded."""
+
+
+class DataDamaged(DataUnavailable):
+    """A dataset file is there but damaged (truncated, garbage, or not the file its name says)."""
 
 
 def load_dataset(cfg: DatasetConfig) -> Data:
@@ -110,14 +117,32 @@ def _load_torchvision(cfg: DatasetConfig) -> Data:
         f"put the IDX files (train-images-idx3-ubyte, ...) in {where} or pass dataset.data_dir=...; "
         "dataset=digits works offline"
     )
+    raw = Path(cfg.data_dir) / cls.__name__ / "raw"
+    check_idx_files(cfg.name, raw)  # the files already there: torchvision's reader fails on damage with a traceback
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # an unreachable mirror must fail in seconds, not hang
     try:
         splits = [cls(root=cfg.data_dir, train=train, download=cfg.download) for train in (True, False)]
     except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
+        check_idx_files(cfg.name, raw)  # a download may have left a damaged file
+        packed = [
+            f for pair in IDX_FILES.values() for f in pair if (raw / f"{f}.gz").exists() and not (raw / f).exists()
+        ]
+        if packed:
+            raise DataUnavailable(
+                f"dataset={cfg.name}: {raw} holds {packed[0]}.gz but not {packed[0]}: decompress the .gz files "
+                f"there (gunzip -k {raw}/*.gz)"
+            ) from err
         raise DataUnavailable(f"dataset={cfg.name}: no data in dataset.data_dir={cfg.data_dir!r}; {hint}") from err
+    except (ValueError, AssertionError) as err:  # torchvision's IDX parser on a file the check let through
+        check_idx_files(cfg.name, raw)
+        raise DataDamaged(
+            f"dataset={cfg.name}: cannot read the IDX files in {raw} ({type(err).__name__}: {err}); "
+            "replace them with intact copies"
+        ) from err
     except OSError as err:  # network errors, timeouts, unreadable files
-        raise DataUnavailable(f"dataset={cfg.name}: download failed ({err}); {hint}") from err
+        what = "download failed" if cfg.download else f"cannot read the files in {raw}"
+        raise DataUnavailable(f"dataset={cfg.name}: {what} ({err}); {hint}") from err
     finally:
         socket.setdefaulttimeout(old_timeout)
 
@@ -128,3 +153,69 @@ def _load_torchvision(cfg: DatasetConfig) -> Data:
     size = image_size_of(cfg.image_size)
     x_tr, x_te = _resize(x_tr, size), _resize(x_te, size)
     return Data(x_tr, y_tr, x_te, y_te, n_classes=10)
+
+
+# The MNIST family's IDX files (what torchvision reads from <data_dir>/<Name>/raw/): per split, an
+# images file of unsigned bytes with 3 dimensions (n, h, w) and a labels file with 1 dimension (n).
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_UBYTE = 0x08
+N_CLASSES = 10
+
+
+def check_idx_files(name: str, raw: Path) -> None:
+    """Raise DataDamaged naming the first damaged IDX file in ``raw`` (missing files are torchvision's to report).
+
+    Checked: the header (magic 0, 0, type, ndim; big-endian sizes), that the size on disk is the
+    header's promise, that images and labels agree on n, and that the labels are classes 0..9.
+    """
+    for images, labels in IDX_FILES.values():
+        counts = {}
+        for file, ndim in ((images, 3), (labels, 1)):
+            path = raw / file
+            if not path.exists():
+                continue
+            problem, dims = _idx_problem(path, ndim)
+            if problem is None and ndim == 1:
+                top = max(path.read_bytes()[8:], default=0)
+                if top >= N_CLASSES:
+                    problem = f"it holds the label {top}, but the classes are 0..{N_CLASSES - 1}"
+            if problem is not None:
+                raise DataDamaged(
+                    f"dataset={name}: {path} is damaged: {problem}; replace it with an intact copy "
+                    "(or delete it and pass dataset.download=true to fetch it again)"
+                )
+            counts[file] = dims[0]
+        if len(counts) == 2 and counts[images] != counts[labels]:
+            raise DataDamaged(
+                f"dataset={name}: {raw / images} holds {counts[images]} images but {raw / labels} holds "
+                f"{counts[labels]} labels; one of them is from another data set or damaged: replace it with an "
+                "intact copy (or delete both and pass dataset.download=true)"
+            )
+
+
+def _idx_problem(path: Path, ndim: int) -> tuple[str | None, tuple[int, ...]]:
+    """What is wrong with an IDX file that should hold ``ndim``-dimensional unsigned bytes (None if nothing)."""
+    if not path.is_file():
+        return "it is not a file", ()
+    with path.open("rb") as f:
+        head = f.read(4 + 4 * ndim)
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty", ()
+    if len(head) < 4 or head[:2] != b"\x00\x00":
+        return "it is not an IDX file (no IDX magic number at its start)", ()
+    if head[2] != IDX_UBYTE or head[3] != ndim:
+        kind = "images (3 dimensions)" if ndim == 3 else "labels (1 dimension)"
+        return f"its header says type 0x{head[2]:02x} with {head[3]} dimension(s), not unsigned-byte {kind}", ()
+    if len(head) < 4 + 4 * ndim:
+        return f"it is truncated ({size} bytes, shorter than its header)", ()
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if size < expected:
+        return f"it is truncated ({size} bytes; its header promises {expected})", dims
+    if size > expected:
+        return f"it has {size - expected} bytes more than its header promises ({expected})", dims
+    return None, dims

@@ -1,6 +1,6 @@
 """Initial weights A₀ (SPEC §8), identical for every mode given the seed and the model config.
 
-Both schemes draw in float64 on the CPU from their own generator, so A₀ depends on nothing but
+Every scheme draws in float64 on the CPU from its own generator, so A₀ depends on nothing but
 ``seed`` and the architecture — not on the mode, the device or the dtype. The equivariant mode
 then starts at Π_E(A₀) (``EqCNN.set_weights`` projects onto the model's space). An ensemble of
 seeds s₀, s₀+1, … starts each seed from exactly the A₀ its own run would have.
@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from .cnn import EqCNN
+from .reference import reference_weights
 
-INIT_SCHEMES = ("perturbed_equivariant", "standard")
+INIT_SCHEMES = ("perturbed_equivariant", "reference", "standard")
 
 
 def initial_weights(model: EqCNN, scheme: str, sigma: float, seed: int) -> list[torch.Tensor]:
@@ -23,11 +24,15 @@ def initial_weights(model: EqCNN, scheme: str, sigma: float, seed: int) -> list[
     - ``perturbed_equivariant``: an equivariant network whose orbit values are Kaiming-uniform
       (every weight entry has the same law as in ``standard``, tied along G-orbits), plus
       Π_{E⊥}Π_L ξ with ξ ~ N(0, σ²) i.i.d. — a perturbation in L, orthogonal to E.
+    - ``reference``: the authors' law (``nets/reference.py``): the same perturbation, orbit values
+      Kaiming-uniform over the authors' orbit tensors. Defined for the paper's CNN under C4 only.
     """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init.scheme={scheme!r} is not valid; use one of {', '.join(INIT_SCHEMES)}")
     if not sigma >= 0:
         raise ValueError(f"init.sigma={sigma!r} must be a finite number >= 0")
+    if scheme == "reference":
+        return reference_weights(model, sigma, seed)
     generator = torch.Generator().manual_seed(seed)
     weights = []
     for space, m in zip(model.space, model.maps):

@@ -39,7 +39,7 @@ def test_paper_preset_is_the_reference_experiment():
     cfg = make_config("experiment=paper")
     assert (cfg.dataset.name, cfg.model.name, cfg.group.name) == ("mnist", "paper_cnn", "c4")
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.augment) == (1e-3, 10, 10, "random")
-    assert cfg.dataset.shuffle is False and cfg.init.scheme == "perturbed_equivariant" and cfg.init.sigma == 1e-3
+    assert cfg.dataset.shuffle is False and cfg.init.scheme == "reference" and cfg.init.sigma == 1e-3
     assert cfg.data_scale == pytest.approx(0.1)  # SPEC §8: CE_mean / batch_size
     assert make_config("experiment=paper", "batch_size=20").data_scale == pytest.approx(0.05)
     assert list(cfg.model.channels) == [16, 16] and cfg.model.kernel_size == 3 and cfg.model.layernorm
