@@ -58,8 +58,9 @@ def test_named_sweeps_compose():
     with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
         cfg = compose("config", ["experiment=paper", "sweep=paper_gammas"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params.mode == "nomreg,augreg,equivariant" and params.seed == "range(30)"
-    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert params.mode == "nomreg,augreg,equivariant" and params.gamma == "0.01,0.1,1,10"
+    assert cfg.seeds == 30 and "seed" not in params  # the 30 seeds of a job are one batched run
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and "GridSweeper" in cfg.hydra.sweeper._target_
 
 
 def test_stability_preset_switches_phase_with_continuous_weights(run_train):
