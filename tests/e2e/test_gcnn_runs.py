@@ -116,3 +116,10 @@ def test_bench_times_the_gcnn_against_its_own_floor(capsys):
     assert set(report["results"]["10"]["ratio_to_floor"]) >= {"nominal", "augmented", "equivariant", "augreg"}
     with pytest.raises(SystemExit, match="--model resnet is not a model preset; valid: .*gcnn"):
         bench(["--model", "resnet"])
+
+
+def test_gcnn_trains_in_a_random_basis_of_l(run_train):
+    """parametrization=basis (a seeded non-orthogonal basis of L) on a G-CNN with a cross support."""
+    run = run_train(*SMALL, "mode=augreg", "model.parametrization=basis", "model.support=cross", "max_steps=3")
+    assert run.metrics()["status"] == "completed"
+    assert all(w[..., [0, 2, 6, 8]].abs().max() == 0 for w in run.weights()[:-1])  # in L: off the cross is 0
