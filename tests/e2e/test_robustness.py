@@ -227,3 +227,51 @@ def test_train_restores_the_thread_count(run_train):
     before = torch.get_num_threads()
     run_train(*TINY, "max_steps=2", f"threads={max(1, before - 1) if before > 1 else 2}")
     assert torch.get_num_threads() == before
+
+
+# -- damaged files and a full disk ------------------------------------------------------------
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(run_train, caplog):
+    """A truncated checkpoint.pt costs the run nothing: resume takes checkpoint.prev.pt and says so."""
+    run = run_train(*TINY, "dataset.train_limit=40", "epochs=2", "batch_size=10")  # 2 epochs: two checkpoints
+    before = (run.dir / "metrics.json").read_text()
+    latest = run.dir / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
+    with caplog.at_level(logging.WARNING):
+        train_config(
+            make_config(*TINY, "dataset.train_limit=40", "epochs=2", "batch_size=10", f"resume={run.dir}"), run.dir
+        )
+    assert "falling back to the previous checkpoint checkpoint.prev.pt" in caplog.text
+    assert (run.dir / "metrics.json").read_text() == before  # resumed from the previous state, to the same end
+
+
+def test_a_damaged_checkpoint_without_a_previous_one_is_one_line(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"resume={run}")
+    assert code == 2 and err.count("\n") == 1
+    assert "checkpoint.pt is damaged or not an eqtrain checkpoint" in err and "no previous checkpoint" in err
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing a checkpoint: one line naming the file, exit 2; the temporary file is gone."""
+    import errno
+
+    import eqtrain.run.checkpoint as checkpoint
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    run = tmp_path / "run"
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={run}")
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot write" in err and "checkpoint.pt.tmp: No space left on device" in err
+    assert (run / "config.yaml").exists() and not list(run.glob("*.tmp"))
+
+
+def test_gamma_beyond_float32_is_one_line(tmp_path, monkeypatch, capsys):
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, "gamma=1e308")
+    assert code == 2 and "gamma=1e+308 is not valid: larger than the largest float32 (3.4e+38)" in err
