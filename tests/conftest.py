@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from .helpers import Run, make_config, train_config
 
@@ -18,3 +19,12 @@ def run_train(tmp_path):
         return Run(run_dir, train_config(make_config(*overrides), run_dir))
 
     return _run
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tests of many tiny ops on a shared 2-core machine mostly wait on each other with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

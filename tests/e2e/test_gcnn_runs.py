@@ -12,17 +12,12 @@ from eqtrain.cli.plot import main as plot
 
 from ..helpers import TINY, Run, make_config, rel, scalars, train_config
 
-pytestmark = pytest.mark.slow  # a real sweep or many steps of a wider network per test
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
+]  # a real sweep or many steps of a wider network per test
 
 SMALL = (*TINY, "model=gcnn", "dataset.image_size=12")  # 12 -> 6 -> 3: cheap, and exactly equivariant
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("mode", ["nominal", "augmented", "equivariant", "augreg", "nomreg"])

@@ -10,11 +10,13 @@ digits (200 training images), orthogonal parametrization; ``augment=orbit`` give
 import math
 
 import pytest
-import torch
 
 from ..helpers import rel
 
-pytestmark = pytest.mark.slow  # a real sweep or many steps of a wider network per test
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
+]  # a real sweep or many steps of a wider network per test
 
 BASE = (
     "model=gcnn",
@@ -24,15 +26,6 @@ BASE = (
     "init.scheme=perturbed_equivariant",
 )
 ON_E = ("init.sigma=0",)  # A₀ = the equivariant G-CNN itself: exactly on E
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions: on a shared 2-core machine two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # SPEC §5.1. On this G-CNN at lr 0.01 over 60 steps the statement measures 1.6e-7 (float32) and

@@ -29,13 +29,7 @@ C4 = Group.from_name("c4")
 SMALL = ("dataset.image_size=12", "model.channels=[2,2]")  # 12 -> 6 -> 3: the head reads 3 C4-orbits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many tiny ops: on a shared 2-core machine two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(*overrides: str, samples: int = 200, constrain: bool = False):

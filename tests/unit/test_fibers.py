@@ -17,15 +17,7 @@ from eqtrain.nets.init import initial_weights
 
 from ..helpers import make_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops and small LAPACK calls: on a shared 2-core machine two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = 1e-12  # float64 round-off on at most a few thousand entries
 KINDS = {  # (out, in) field types of the three kinds of G-CNN layer
