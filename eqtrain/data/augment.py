@@ -18,7 +18,6 @@ from ..geometry.group import Group
 from ..schema import AUGMENT_KINDS
 
 
-
 class Augmenter:
     def __init__(self, group: Group, kind: str, h: int, w: int, device: torch.device | str) -> None:
         if kind not in AUGMENT_KINDS:

@@ -42,7 +42,7 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 def _read(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(
             f"{path} is damaged or not an eqtrain checkpoint ({' '.join(str(err).split())[:120]})"
         ) from err
