@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+AUGMENT_KINDS = ("random", "orbit")  # SPEC §4: one random g per image per step, or the whole orbit
 DEFAULT_GAMMA = 10.0  # γ of the regularized modes when ``gamma`` is left unset (docs/design.md: the default run)
 
 
@@ -33,7 +34,8 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = "paper_cnn"
-    channels: List[int] = field(default_factory=lambda: [16, 16])
+    channels: List[int] = field(default_factory=lambda: [16, 16])  # per conv: fields (a regular field = |G| channels)
+    fibers: Any = "trivial"  # trivial | regular | one per conv: the hidden layers' field type (SPEC §9)
     kernel_size: int = 3
     support: Any = "full"  # full | cross | skewed | an explicit kxk list of 0/1
     parametrization: str = "orthogonal"  # orthogonal | basis

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,30 @@ def make_mnist(root, folder="MNIST", n_train=30, n_test=20):
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
         files[prefix] = (images, labels)
     return files
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until ``path`` exists (an event of the run, not a guess at its timing); the run must still be going."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def kill_and_resume(tmp_path: Path, args: list[str], steps_per_epoch: int) -> tuple[Path, Path]:
+    """An uninterrupted run, and the same run sent SIGTERM once its first epoch's checkpoint exists, then
+    resumed with resume=true. Returns (reference dir, resumed dir); checks the kill landed mid-epoch 2."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([EQTRAIN, *args, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.Popen([EQTRAIN, *args, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's checkpoint: now in epoch 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    stopped_at = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert steps_per_epoch < stopped_at < 2 * steps_per_epoch  # mid-epoch 2
+    statuses = [json.loads(p.read_text())["status"] for p in killed.rglob("metrics.json")]
+    assert statuses and set(statuses) == {"interrupted"}
+    resume = [EQTRAIN, *args, f"hydra.run.dir={killed}", "resume=true"]
+    subprocess.run(resume, cwd=tmp_path, check=True, capture_output=True)
+    return reference, killed

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from ..data.augment import Augmenter
 from ..data.datasets import Data
 from ..geometry.group import Group
-from ..geometry.projection import LayerSpace
 from ..nets.cnn import EqCNN, logits_at
 from ..run.files import STABILITY_FILE, write_json
 from ..run.tblog import RunLogger
@@ -63,9 +62,7 @@ class AugmentedRisk:
             self.biases = [b[k : k + 1].detach().to(dtype) for b in model.biases] if model.arch.bias else None
         device = self.point[0].device
         # Float64-exact projections, rebuilt rather than cast from the model's (float32) ones.
-        self.spaces = [
-            LayerSpace(group, s.h, s.w, s.omega.reshape(s.h, s.w).cpu(), dtype=dtype).to(device) for s in model.space
-        ]
+        self.spaces = [s.rebuilt(dtype).to(device) for s in model.space]
         x = x.to(device, dtype)
         self.x, self.y = Augmenter(group, "orbit", x.shape[-2], x.shape[-1], device)(x, y.to(device))
 
@@ -84,9 +81,9 @@ class AugmentedRisk:
         """(dim E, dim L ∩ E⊥)."""
         dim_e = dim_perp = 0
         for s, a in zip(self.spaces, self.point):
-            pairs = a.shape[0] * a.shape[1]
-            dim_e += pairs * s.orbits_in_e
-            dim_perp += pairs * (int(s.omega.sum()) - s.orbits_in_e)
+            out_dim, in_dim = a.shape[:2]
+            dim_e += s.dim_e(out_dim, in_dim)
+            dim_perp += s.dim_l(out_dim, in_dim) - s.dim_e(out_dim, in_dim)
         return dim_e, dim_perp
 
     # -- R^aug and its derivatives ------------------------------------------------------------
@@ -250,14 +247,6 @@ def analyze(
     dim_e, dim_perp = risk.dims()
     perp = extreme_eigenvalues(risk.hvp, risk.project_perp, risk.point, min(iterations, dim_perp), seed)
     on_e = extreme_eigenvalues(risk.hvp, risk.project_e, risk.point, min(iterations, dim_e), seed)
-    with torch.no_grad():
-        gradient = risk.project_l(risk.gradient())
-        grad_norm = _flat(gradient).norm().item()
-        grad_norm_e = _flat(risk.project_e(gradient)).norm().item()
-        grad_norm_perp = _flat(risk.project_perp(gradient)).norm().item()
-        dist = _flat([s.project_perp(a) for s, a in zip(risk.spaces, risk.point)]).norm().item()
-        norm = _flat(risk.point).norm().item()
-        loss = risk.loss().item()
     tol = rtol * max(abs(perp["min"]), abs(perp["max"]), abs(on_e["min"]), abs(on_e["max"]))
     return {
         "lambda_min_perp": perp["min"],
@@ -271,12 +260,7 @@ def analyze(
         "stable_for_equivariant": on_e["min"] >= -tol,
         "stable_for_augmented": perp["min"] >= -tol,
         "tol": tol,
-        "grad_norm": grad_norm,
-        "grad_norm_E": grad_norm_e,
-        "grad_norm_perp": grad_norm_perp,
-        "loss_aug": loss,
-        "dist_to_E": dist,
-        "dist_to_E_rel": dist / norm if norm else 0.0,
+        **point_report(risk),
         "orthogonal_parametrization": orthogonal,
         "lr": lr,
         "data_scale": data_scale,
@@ -287,6 +271,22 @@ def analyze(
         "dim_perp": dim_perp,
         "seed": seed,
         "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+@torch.no_grad()
+def point_report(risk: AugmentedRisk) -> dict[str, float]:
+    """How far the point is from stationary (‖Π_L∇R^aug‖ and its E and E⊥ parts), its loss and distance to E."""
+    gradient = risk.project_l(risk.gradient())
+    dist = _flat([s.project_perp(a) for s, a in zip(risk.spaces, risk.point)]).norm().item()
+    norm = _flat(risk.point).norm().item()
+    return {
+        "grad_norm": _flat(gradient).norm().item(),
+        "grad_norm_E": _flat(risk.project_e(gradient)).norm().item(),
+        "grad_norm_perp": _flat(risk.project_perp(gradient)).norm().item(),
+        "loss_aug": risk.loss().item(),
+        "dist_to_E": dist,
+        "dist_to_E_rel": dist / norm if norm else 0.0,
     }
 
 

@@ -1,10 +1,13 @@
 """Benchmark: time per SGD step of each mode against the unconstrained floor (issue: speed).
 
-The floor is a plain ``torch.nn`` CNN of the paper's shapes (``nn.Conv2d`` / ``nn.Linear``,
-plain SGD; no projection, no augmentation, no logging). Each eqtrain mode runs the real
-``sgd_step`` with the per-step SPEC §7 scalars logged into a real event file. All variants are
-measured in one process, interleaved round by round so that machine noise cancels, and the
+The floor is a plain ``torch.nn`` CNN with the model's channel counts (``nn.Conv2d`` /
+``nn.Linear``, plain SGD; no projection, no augmentation, no logging). Each eqtrain mode runs the
+real ``sgd_step`` with the per-step SPEC §7 scalars logged into a real event file. All variants
+are measured in one process, interleaved round by round so that machine noise cancels, and the
 median over rounds is reported. Prints a table and one JSON line.
+
+``--model`` picks the model preset (configs/model/): the paper CNN by default, ``gcnn`` for the
+G-CNN of SPEC §9, timed against a floor of its own channel counts (16 channels under C4).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import platform
 import statistics
 import tempfile
 import time
+from importlib import resources
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..data.augment import Augmenter
 from ..geometry.group import Group
-from ..nets.cnn import build_model
+from ..nets.cnn import EqCNN, build_model
 from ..nets.init import initial_weights_of_seeds
 from ..run.tblog import RunLogger
 from ..schema import ModelConfig
@@ -38,23 +43,34 @@ def variants() -> list[tuple[str, str | None, Dynamics]]:
     return rows + [("augmented_orbit", "orbit", MODES["augmented"])]
 
 
-def floor_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False),
-        nn.AvgPool2d(2),
-        nn.Tanh(),
-        nn.LayerNorm((14, 14), elementwise_affine=False),
-        nn.Conv2d(16, 16, 3, padding=1, bias=False),
-        nn.AvgPool2d(2),
-        nn.Tanh(),
-        nn.LayerNorm((7, 7), elementwise_affine=False),
-        nn.Flatten(),
-        nn.Linear(784, 10, bias=False),
-    )
+SHAPE, CLASSES = (1, 28, 28), 10
 
 
-def make_floor(x_all, y_all, batch):
-    model = floor_model()
+def model_config(name: str) -> ModelConfig:
+    """A model preset of configs/model/ over the schema's defaults, as ``model=<name>`` composes it."""
+    path = resources.files("eqtrain.configs").joinpath("model", f"{name}.yaml")
+    if not path.is_file():
+        options = sorted(
+            p.name.removesuffix(".yaml") for p in resources.files("eqtrain.configs").joinpath("model").iterdir()
+        )
+        raise SystemExit(f"eqtrain-bench: error: --model {name} is not a model preset; valid: {', '.join(options)}")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(str(path))))
+
+
+def floor_model(model: EqCNN) -> nn.Module:
+    """A plain torch.nn CNN with the same channel counts and shapes as ``model`` (the paper CNN's: 1→16→16→10)."""
+    arch, layers = model.arch, []
+    widths = [m.channels[0] for m in model.maps[:-1]]
+    for c_in, c_out, pool, (h, w) in zip([arch.in_shape[0], *widths], widths, arch.pool, arch.grids()):
+        layers += [nn.Conv2d(c_in, c_out, arch.kernel_size, padding=arch.kernel_size // 2, bias=False)]
+        layers += [nn.AvgPool2d(pool)] if pool > 1 else []
+        layers += [nn.Tanh()] + ([nn.LayerNorm((h, w), elementwise_affine=False)] if arch.layernorm else [])
+    h, w = arch.grids()[-1]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * h * w, arch.n_classes, bias=False))
+
+
+def make_floor(x_all, y_all, batch, model_cfg: ModelConfig):
+    model = floor_model(build_model(model_cfg, Group.from_name("c4"), SHAPE, CLASSES, False))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     n = len(y_all)
 
@@ -68,10 +84,13 @@ def make_floor(x_all, y_all, batch):
     return step, None
 
 
-def make_eqtrain(x_all, y_all, batch, augment, dyn: Dynamics, logdir, seeds: int = 1):
+def make_eqtrain(
+    x_all, y_all, batch, augment, dyn: Dynamics, logdir, seeds: int = 1, model_cfg: ModelConfig | None = None
+):
     """The real step of the training loop (``sgd_step`` with the per-step SPEC §7 log) for ``seeds`` seeds."""
     group = Group.from_name("c4")
-    model = build_model(ModelConfig(), group, (1, 28, 28), 10, dyn.constrain, seeds=seeds)
+    model_cfg = ModelConfig() if model_cfg is None else model_cfg
+    model = build_model(model_cfg, group, SHAPE, CLASSES, dyn.constrain, seeds=seeds)
     model.set_weights(initial_weights_of_seeds(model, "perturbed_equivariant", 1e-3, list(range(seeds))))
     augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
     gens = [torch.Generator().manual_seed(k) for k in range(seeds)]
@@ -94,13 +113,17 @@ def make_eqtrain(x_all, y_all, batch, augment, dyn: Dynamics, logdir, seeds: int
     return step, loggers
 
 
-def measure_ensemble(n_seeds: int, batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
+def measure_ensemble(
+    n_seeds: int, batch: int, steps: int, rounds: int, warmup: int, model_cfg: ModelConfig | None = None
+) -> dict[str, float]:
     """Model-steps per second of ``seeds=N`` (one batched network) and of N single runs one after another."""
-    x_all, y_all = torch.rand(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
+    x_all, y_all = torch.rand(2000, *SHAPE), torch.randint(0, CLASSES, (2000,))
     augreg = MODES["augreg"]
     with tempfile.TemporaryDirectory() as tmp:
-        ensemble, loggers = make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/e", seeds=n_seeds)
-        singles = [make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/{k}") for k in range(n_seeds)]
+        ensemble, loggers = make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/e", n_seeds, model_cfg)
+        singles = [
+            make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/{k}", 1, model_cfg) for k in range(n_seeds)
+        ]
 
         def together(i: int) -> None:
             ensemble(i)
@@ -124,13 +147,14 @@ def measure_ensemble(n_seeds: int, batch: int, steps: int, rounds: int, warmup: 
     return {name: n_seeds / statistics.median(t) for name, t in times.items()}
 
 
-def measure(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
+def measure(batch: int, steps: int, rounds: int, warmup: int, model_cfg: ModelConfig | None = None) -> dict[str, float]:
     """Median seconds per step of each variant, interleaved round by round."""
-    x_all, y_all = torch.rand(2000, 1, 28, 28), torch.randint(0, 10, (2000,))
+    model_cfg = ModelConfig() if model_cfg is None else model_cfg
+    x_all, y_all = torch.rand(2000, *SHAPE), torch.randint(0, CLASSES, (2000,))
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {"floor": make_floor(x_all, y_all, batch)}
+        runners = {"floor": make_floor(x_all, y_all, batch, model_cfg)}
         for name, augment, dyn in variants():
-            runners[name] = make_eqtrain(x_all, y_all, batch, augment, dyn, f"{tmp}/{name}")
+            runners[name] = make_eqtrain(x_all, y_all, batch, augment, dyn, f"{tmp}/{name}", 1, model_cfg)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for step, _ in runners.values():
             for i in range(warmup):
@@ -155,15 +179,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=8, help="ensemble size for the seeds=N comparison (0: skip)")
+    parser.add_argument("--model", default="paper_cnn", help="model preset: paper_cnn (default), gcnn, deep_cnn")
     args = parser.parse_args(argv)
+    model_cfg = model_config(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu", "results": {}}
     report["cpu"] = platform.processor() or platform.machine()
+    report["model"] = args.model
     for batch in args.batch:
-        med = measure(batch, args.steps, args.rounds, args.warmup)
+        med = measure(batch, args.steps, args.rounds, args.warmup, model_cfg)
         floor = med.pop("floor")
-        print(f"\nbatch {batch}: floor {floor * 1e3:.3f} ms/step (plain torch.nn CNN, SGD, no logging)")
+        print(
+            f"\nmodel={args.model}, batch {batch}: floor {floor * 1e3:.3f} ms/step (plain torch.nn CNN, SGD, no logging)"
+        )
         print(f"{'mode':<20}{'ms/step':>10}{'x floor':>10}")
         for name, t in med.items():
             print(f"{name:<20}{t * 1e3:>10.3f}{t / floor:>10.2f}")
@@ -172,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_to_floor": {name: round(t / floor, 3) for name, t in med.items()},
         }
     if args.seeds:
-        rates = measure_ensemble(args.seeds, 10, max(args.steps // 4, 5), args.rounds, max(args.warmup // 4, 3))
+        rates = measure_ensemble(
+            args.seeds, 10, max(args.steps // 4, 5), args.rounds, max(args.warmup // 4, 3), model_cfg
+        )
         print(f"\nseeds={args.seeds}, augreg, batch 10: model-steps/s")
         print(f"{'ensemble (seeds=N)':<20}{rates['ensemble']:>10.0f}")
         print(f"{'sequential':<20}{rates['sequential']:>10.0f}")

@@ -4,8 +4,8 @@
 equivariant), so ``-m mode=nomreg,augreg,equivariant gamma=0.01,0.1,1,10`` would train the
 equivariant model four times, identically. This sweeper drops the γ overrides of such jobs and
 keeps one job per distinct command line: 9 jobs there, not 12. Everything else is Hydra's
-BasicSweeper. It is the default (configs/hydra/sweeper/grid.yaml); ``hydra/sweeper=basic``
-restores the plain grid. Hydra loads sweepers only from its ``hydra_plugins`` namespace, so the
+BasicSweeper. ``hydra/sweeper=grid`` selects it (configs/hydra/sweeper/grid.yaml); the named
+sweeps and the accuracy study do. Hydra loads sweepers only from its ``hydra_plugins`` namespace, so the
 class itself lives in hydra_plugins/eqtrain_sweeper/ and calls ``without_repeats`` from here.
 """
 

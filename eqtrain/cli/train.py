@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..schema import Config
+from .summary import run_summary
 
 log = logging.getLogger("eqtrain")
 
@@ -55,10 +56,16 @@ def register_sweeper() -> None:
 register_configs()
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    from ..data.datasets import DataUnavailable
+# What a user can fix: a bad value (ConfigError, DataUnavailable and CheckpointError are ValueErrors),
+# a missing file, a full disk or an unwritable directory (OSError).
+USER_ERRORS = (ValueError, OSError)
 
-    return (ValueError, DataUnavailable, FileNotFoundError)
+
+def message_of(err: Exception) -> str:
+    """One line: an OSError names its file and the system's reason."""
+    if isinstance(err, OSError) and err.strerror and not isinstance(err, FileNotFoundError):
+        return f"cannot write {err.filename or 'a file'}: {err.strerror}" if err.filename else f"{err.strerror}"
+    return " ".join(str(err).split())
 
 
 def settings_of(cfg: DictConfig):
@@ -71,6 +78,15 @@ def settings_of(cfg: DictConfig):
 def fail(message: str) -> None:
     print(f"eqtrain: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: one line per run, and the commands that show it."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .summary import sweep_summary
+
+        print(sweep_summary(Path(config.hydra.sweep.dir)))
 
 
 class OutputDirCheck(Callback):
@@ -189,16 +205,24 @@ def run() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://eqtrain.configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from ..training.loop import train  # torch is imported only once Hydra has parsed the command line
-
     adapt_to_launcher(cfg)
     try:
-        result = train(settings_of(cfg), HydraConfig.get().runtime.output_dir)
-    except user_errors() as err:
+        settings = settings_of(cfg)  # every value checked before torch is imported
+        from ..training.loop import train
+
+        run_dir = HydraConfig.get().runtime.output_dir
+        result = train(settings, run_dir)
+    except USER_ERRORS as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("%s", err)  # the job fails, the sweep goes on; Hydra reports it at the end
+            log.error("%s", message_of(err))  # the job fails, the sweep goes on; Hydra reports it at the end
             raise
-        fail(str(err))
+        fail(message_of(err))
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        print(
+            run_summary(
+                result, Path(cfg.resume) if isinstance(cfg.resume, str) and cfg.resume != "auto" else Path(run_dir)
+            )
+        )
     return objective(result, cfg)
 
 

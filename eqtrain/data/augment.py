@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..geometry.group import Group
+from ..schema import AUGMENT_KINDS
 
-AUGMENT_KINDS = ("random", "orbit")
 
 
 class Augmenter:

@@ -48,7 +48,7 @@ class Data:
         )
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(ValueError):
     """The dataset files are not where the config says and cannot be downloaded."""
 
 

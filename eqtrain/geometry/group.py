@@ -5,6 +5,11 @@ A group element is a pair (r, f): first mirror the last axis if f, then rotate b
 kernels the same way — by moving pixels — so one object serves the data, the layers and the
 projections. Acting on a flattened h×w grid is a permutation of its positions; the cached
 permutation turns a batched, per-sample group action into one ``gather``.
+
+The group law is not written down per group: it is read off the action itself. Composing the
+pixel permutations of two elements gives the permutation of their product, so the
+multiplication table, the inverses and the regular representation (SPEC §9) are exact for every
+group eqtrain knows, and for any group added later.
 """
 
 from __future__ import annotations
@@ -68,6 +73,19 @@ class Group:
     def num_orbits(self, h: int, w: int) -> int:
         return int(self.orbit_ids(h, w).unique().numel())
 
+    def table(self) -> torch.Tensor:
+        """Long tensor T of shape (|G|, |G|) with T[a, b] the index of the product ab: (ab)·x = a·(b·x)."""
+        return _table(self).clone()
+
+    def inverses(self) -> torch.Tensor:
+        """Long tensor of shape (|G|,): the index of each element's inverse."""
+        return (_table(self) == 0).long().argmax(dim=1)
+
+    def regular_permutations(self) -> torch.Tensor:
+        """Long tensor R of shape (|G|, |G|): the regular action (g·f)(h) = f(g⁻¹h) (SPEC §9) as a gather,
+        (g·f)[h] = f[R[g, h]], in the same convention as ``permutations``."""
+        return _table(self)[self.inverses()].clone()
+
     def check_grid(self, h: int, w: int, what: str) -> None:
         if self.needs_square and h != w:
             raise ValueError(
@@ -81,3 +99,18 @@ def _permutations(group: Group, h: int, w: int) -> torch.Tensor:
     group.check_grid(h, w, "grids")
     grid = torch.arange(h * w).view(h, w)
     return torch.stack([group.act(grid, i).reshape(-1) for i in range(group.order)])
+
+
+@functools.cache
+def _table(group: Group) -> torch.Tensor:
+    # (a·(b·x))[j] = (b·x)[P[a, j]] = x[P[b, P[a, j]]]: the permutation of ab is P[b][P[a]]. A 3×3
+    # grid is moved faithfully by every eqtrain group (its corners alone tell the elements apart).
+    perms = _permutations(group, 3, 3)
+    index = {tuple(p.tolist()): i for i, p in enumerate(perms)}
+    if len(index) != group.order:
+        raise ValueError(f"group={group.name}: its elements do not act as distinct permutations of a 3x3 grid")
+    n = group.order
+    table = [[index.get(tuple(perms[b][perms[a]].tolist()), -1) for b in range(n)] for a in range(n)]
+    if any(v < 0 for row in table for v in row):
+        raise ValueError(f"group={group.name}: its elements are not closed under composition")
+    return torch.tensor(table)

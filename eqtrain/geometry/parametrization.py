@@ -10,9 +10,17 @@ layer may move in. One mechanism covers the three cases:
   the gradient flow, which is the point of having it.
 - equivariant (``constrain``): B is the orthonormal basis of E (orbit indicators of unit norm),
   so θ has dim E entries and SGD on θ is the projected flow Ȧ = −Π_E ∇R(A).
+
+When G permutes a layer's channels (regular fields, SPEC §9), the orbits of E run across
+channels, so E's basis does not factor as (out, in) × (a basis over s). It is then kept as
+an ``OrbitBasis``: θ holds one number per orbit (shape (N, dim E)), A = θ[orbit(j)]/√|orbit| is
+one gather, and Bᵀ (the pull-back, and the least-squares fit onto E) is one scatter-add. The
+free parametrizations of L are unchanged: L does not depend on how G acts.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,11 +30,25 @@ from .projection import LayerSpace
 PARAMETRIZATIONS = ("orthogonal", "basis")
 
 
+@dataclass(frozen=True)
+class OrbitBasis:
+    """E's orthonormal basis as orbit labels: A[j] = θ[labels[j]]·scale[j] over the flat (out·in·s) index.
+
+    ``scale`` is 1/√|orbit| on ω_G and 0 elsewhere (there A is 0); ``dim`` is the number of orbits.
+    """
+
+    labels: torch.Tensor
+    scale: torch.Tensor
+    dim: int
+
+
 def make_basis(
     space: LayerSpace, parametrization: str, constrain: bool, generator: torch.Generator
-) -> torch.Tensor | None:
-    """The basis B (p, s) of the layer's parameter space, or None for the identity."""
-    dtype = space.p_e.dtype
+) -> torch.Tensor | OrbitBasis | None:
+    """The basis B (p, s) of the layer's parameter space, None for the identity, or E's ``OrbitBasis``."""
+    dtype = space.orbit_sizes.dtype
+    if constrain and space.joint:
+        return OrbitBasis(space.orbit_labels.clone(), space.entry_scale.clone(), len(space.orbit_sizes))
     if constrain:
         return space.basis_e.T.clone()
     if parametrization not in PARAMETRIZATIONS:
@@ -45,26 +67,51 @@ def make_basis(
 
 
 class ParametrizedMap(nn.Module):
-    """N learnable linear maps (one per seed) whose weights are θ @ B (B = None means the identity)."""
+    """N learnable linear maps (one per seed) whose weights are θ @ B (B = None means the identity).
+
+    θ is (N, out, in, p), or (N, dim E) for an ``OrbitBasis``.
+    """
 
     def __init__(
-        self, seeds: int, out_dim: int, in_dim: int, size: int, basis: torch.Tensor | None, dtype: torch.dtype
+        self,
+        seeds: int,
+        out_dim: int,
+        in_dim: int,
+        size: int,
+        basis: torch.Tensor | OrbitBasis | None,
+        dtype: torch.dtype,
     ) -> None:
         super().__init__()
-        p = size if basis is None else basis.shape[0]
-        self.theta = nn.Parameter(torch.zeros(seeds, out_dim, in_dim, p, dtype=dtype))
+        self.out_dim, self.in_dim, self.size = out_dim, in_dim, size
+        orbits = basis if isinstance(basis, OrbitBasis) else None
+        basis = None if orbits is not None else basis
+        if orbits is not None:
+            self.theta = nn.Parameter(torch.zeros(seeds, orbits.dim, dtype=dtype))
+        else:
+            p = size if basis is None else basis.shape[0]
+            self.theta = nn.Parameter(torch.zeros(seeds, out_dim, in_dim, p, dtype=dtype))
         self.register_buffer("basis", basis, persistent=False)
         pinv = None if basis is None else torch.linalg.pinv(basis.double()).to(basis.dtype)
         self.register_buffer("basis_pinv", pinv, persistent=False)
+        self.register_buffer("orbit_labels", None if orbits is None else orbits.labels, persistent=False)
+        self.register_buffer("orbit_scale", None if orbits is None else orbits.scale.to(dtype), persistent=False)
 
     @property
     def channels(self) -> tuple[int, int]:
         """(out, in)."""
-        return self.theta.shape[1], self.theta.shape[2]
+        return self.out_dim, self.in_dim
 
     def weight(self) -> torch.Tensor:
         """A of shape (N, out, in, s)."""
+        if self.orbit_labels is not None:  # one gather: A[j] = θ[orbit(j)]/√|orbit|
+            a = torch.index_select(self.theta, 1, self.orbit_labels) * self.orbit_scale  # backward: index_add
+            return a.view(-1, self.out_dim, self.in_dim, self.size)
         return self.theta if self.basis is None else self.theta @ self.basis
+
+    def _orbit_sums(self, a: torch.Tensor) -> torch.Tensor:
+        """Bᵀ A for the orbit basis: Σ_{j ∈ orbit} A[j]/√|orbit| (one scatter-add); A is (..., out, in, s)."""
+        flat = a.flatten(-3) * self.orbit_scale
+        return flat.new_zeros(*flat.shape[:-1], self.theta.shape[-1]).index_add_(-1, self.orbit_labels, flat)
 
     @torch.no_grad()
     def set_weight(self, a: torch.Tensor) -> None:
@@ -73,8 +120,13 @@ class ParametrizedMap(nn.Module):
         A is (N, out, in, s), or (out, in, s) to give every seed the same weights.
         """
         a = a.to(self.theta)
+        if self.orbit_labels is not None:  # B has orthonormal columns: the least-squares fit is Bᵀ A
+            self.theta.copy_(self._orbit_sums(a))
+            return
         self.theta.copy_(a if self.basis is None else a @ self.basis_pinv)
 
     def pull_back(self, grad_a: torch.Tensor) -> torch.Tensor:
         """The gradient with respect to θ of a function whose gradient in A is ``grad_a``."""
+        if self.orbit_labels is not None:
+            return self._orbit_sums(grad_a)
         return grad_a if self.basis is None else grad_a @ self.basis.T

@@ -1,8 +1,13 @@
 """The network-level weight space: the tuple of layer spaces, and the distance to E with names (SPEC §2, §7).
 
 Weights A = (A_1, …, A_n) carry a leading seed axis: layer i is a tensor of shape (N, out, in, s)
-for an ensemble of N seeds (N = 1 for a single run). Every projection acts on the last axis, so
-it is the same product for one seed or thirty.
+for an ensemble of N seeds (N = 1 for a single run). Every projection acts on the last axes, so
+it is the same computation for one seed or thirty.
+
+Π_{E⊥}A runs every step. Layers whose channels G leaves in place take one small product each;
+the layers whose channels G permutes (regular fibers, SPEC §9) are done together, as one
+scatter-add of all their entries into their orbits and one gather back, so a G-CNN pays for
+three kernels per step, not three per layer.
 """
 
 from __future__ import annotations
@@ -61,6 +66,15 @@ class NetworkSpace(nn.Module):
             raise ValueError("one name per layer space")
         self.names = tuple(names)
         self.layers = nn.ModuleList(spaces)
+        # The joint-orbit layers' labels, offset into one numbering (see the module docstring).
+        self.joint = [i for i, space in enumerate(spaces) if space.joint]
+        if self.joint:
+            joint = [spaces[i] for i in self.joint]
+            offsets = torch.tensor([0, *(len(s.orbit_mean_e) for s in joint)]).cumsum(0)
+            orbits = torch.cat([s.orbit_of + offset for s, offset in zip(joint, offsets)])
+            self.register_buffer("joint_orbit_of", orbits, persistent=False)
+            self.register_buffer("joint_mean_e", torch.cat([s.orbit_mean_e for s in joint]), persistent=False)
+            self.joint_sizes = [len(s.orbit_of) for s in joint]
 
     def __iter__(self):
         return iter(self.layers)
@@ -73,8 +87,19 @@ class NetworkSpace(nn.Module):
         return [space.project_e(a) for space, a in zip(self.layers, weights, strict=True)]
 
     def project_perp(self, weights: Weights) -> list[torch.Tensor]:
-        """Π_{E⊥} A = A − Π_E A, layer by layer (SPEC §2): one small product per layer."""
-        return [space.project_perp(a) for space, a in zip(self.layers, weights, strict=True)]
+        """Π_{E⊥} A = A − Π_E A, layer by layer (SPEC §2): one small product per layer, or the joint-orbit layers together."""
+        if not self.joint:
+            return [space.project_perp(a) for space, a in zip(self.layers, weights, strict=True)]
+        if len(weights) != len(self.layers):
+            raise ValueError(f"{len(weights)} weight tensors for {len(self.layers)} layers")
+        out = [None if space.joint else space.project_perp(a) for space, a in zip(self.layers, weights)]
+        flat = torch.cat([weights[i].flatten(-3) for i in self.joint], dim=-1).double()  # exact, as the layers'
+        orbit = self.joint_orbit_of
+        sums = flat.new_zeros(*flat.shape[:-1], len(self.joint_mean_e)).index_add_(-1, orbit, flat)
+        perp = (flat - sums.mul_(self.joint_mean_e).gather(-1, orbit.expand(flat.shape))).to(weights[0].dtype)
+        for i, part in zip(self.joint, perp.split(self.joint_sizes, dim=-1)):
+            out[i] = part.view(weights[i].shape)
+        return out
 
     def distances(self, weights: Weights, perps: Weights | None = None) -> Distances:
         """d(A) per layer and in total, and d(A)/‖A‖, for every seed (weights are (N, out, in, s)).

@@ -8,6 +8,12 @@ ever sees plain weight tensors, so a new group or parametrization touches no lay
 Every weight carries a leading seed axis: N seeds of one architecture are one network whose
 convolutions are grouped by seed (N = 1 is a plain convolution), so an ensemble costs like
 one wider model and a single run is the N = 1 case of the same code.
+
+Each hidden layer's channels are a stack of fields of one type (``model.fibers``, SPEC §9):
+trivial (scalar fields, SPEC §1) or regular (|G| channels per field: a group convolution). The
+input and the logits are trivial. ``model.channels`` counts fields, so a regular layer of c
+fields has c·|G| channels. The field types only enter through the layer spaces, which read the
+joint action of G off them; the forward pass is the same convolution either way.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry.fields import FIBERS, FieldType
 from ..geometry.group import Group
 from ..geometry.parametrization import ParametrizedMap, make_basis
 from ..geometry.projection import LayerSpace
@@ -38,13 +45,20 @@ class Architecture:
 
     in_shape: tuple[int, int, int]  # (C, H, W)
     n_classes: int
-    channels: tuple[int, ...]
+    channels: tuple[int, ...]  # fields per hidden layer
     kernel_size: int
     pool: tuple[int, ...]
     stride: tuple[int, ...]
     activation: str = "tanh"
     layernorm: bool = True
     bias: bool = False
+    fibers: tuple[str, ...] = ()  # field type per hidden layer; () = all trivial
+
+    def field_types(self, group: Group) -> list[FieldType]:
+        """The field types of the input, of every hidden layer, and of the logits (SPEC §9)."""
+        fibers = self.fibers or ("trivial",) * len(self.channels)
+        hidden = [FieldType(group, kind, c) for kind, c in zip(fibers, self.channels)]
+        return [FieldType(group, "trivial", self.in_shape[0]), *hidden, FieldType(group, "trivial", self.n_classes)]
 
     def grids(self) -> list[tuple[int, int]]:
         """(h, w) of the map after each conv block; the last one feeds the head."""
@@ -85,6 +99,15 @@ def _per_layer(value: int | Sequence[int], n: int, key: str) -> tuple[int, ...]:
     return values
 
 
+def _fibers(value: str | Sequence[str], n: int) -> tuple[str, ...]:
+    values = (value,) * n if isinstance(value, str) else tuple(value)
+    if len(values) != n or any(v not in FIBERS for v in values):
+        raise ValueError(
+            f"model.fibers={value!r} must be one of {', '.join(FIBERS)} or a list of {n} of them (one per conv)"
+        )
+    return values
+
+
 def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, int], n_classes: int) -> Architecture:
     channels = tuple(model_cfg.channels)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
@@ -105,6 +128,7 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
         activation=model_cfg.activation,
         layernorm=bool(model_cfg.layernorm),
         bias=bool(model_cfg.bias),
+        fibers=_fibers(model_cfg.fibers, n),
     )
 
 
@@ -126,28 +150,30 @@ class EqCNN(nn.Module):
         c_in, h, w = arch.in_shape
         group.check_grid(h, w, "images")
         arch.check_sizes()
-        self._check(arch, group, constrain)
+        self._check_exact(arch, constrain)
         self.arch, self.group, self.constrain = arch, group, constrain
         k = arch.kernel_size
         fh, fw = arch.grids()[-1]
         generator = torch.Generator().manual_seed(basis_seed)
         spaces, self.maps = [], nn.ModuleList()
-        shapes = [(c_out, c, k, k, support) for c, c_out in zip((c_in, *arch.channels), arch.channels)]
-        shapes.append((arch.n_classes, arch.channels[-1], fh, fw, None))  # the invariant head
-        for out_dim, in_dim, sh, sw, mask in shapes:
-            space = LayerSpace(group, sh, sw, mask, dtype=dtype)
+        types = arch.field_types(group)
+        grids = [(k, k, support)] * len(arch.channels) + [(fh, fw, None)]  # the last: the invariant head
+        for out_type, in_type, (sh, sw, mask) in zip(types[1:], types, grids):
+            space = LayerSpace(group, sh, sw, mask, dtype, out_type, in_type)
             basis = make_basis(space, parametrization, constrain, generator)
             spaces.append(space)
-            self.maps.append(ParametrizedMap(seeds, out_dim, in_dim, sh * sw, basis, dtype))
+            self.maps.append(ParametrizedMap(seeds, out_type.channels, in_type.channels, sh * sw, basis, dtype))
+        self._check_head(arch, group, spaces[-1], types[-2])
         names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
         self.space = NetworkSpace(names, spaces)
         n_bias = len(arch.channels) + 1 if arch.bias else 0
-        # Biases are per channel / per class, hence already invariant (SPEC §1): not part of A.
+        # Biases are one per field / per class, hence already invariant (SPEC §1, §9): not part of A.
+        # (A regular field's bias is shared by its |G| channels; see ``logits_at``.)
         sizes = [*arch.channels, arch.n_classes][:n_bias]
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(seeds, c, dtype=dtype)) for c in sizes])
 
     @staticmethod
-    def _check(arch: Architecture, group: Group, constrain: bool) -> None:
+    def _check_exact(arch: Architecture, constrain: bool) -> None:
         problems = arch.equivariance_breakers()
         if problems and constrain:
             raise ValueError(
@@ -157,16 +183,25 @@ class EqCNN(nn.Module):
             )
         if problems:
             log.warning("the network is not exactly G-equivariant even on E: %s", "; ".join(problems))
+
+    @staticmethod
+    def _check_head(arch: Architecture, group: Group, head: LayerSpace, fields: FieldType) -> None:
+        """SPEC §1's trap: after LayerNorm over (H, W) an invariant head may see nothing but per-channel means."""
+        if not arch.layernorm:
+            return
         fh, fw = arch.grids()[-1]
-        orbits = group.num_orbits(fh, fw) if not group.needs_square or fh == fw else 0
-        if arch.layernorm and orbits == 1:
+        orbits = group.num_orbits(fh, fw)
+        # Invariant functionals of one class on the last map, less those constant over positions
+        # within each field (they only read per-channel means, which LayerNorm sets to 0).
+        useful = head.dim_e(arch.n_classes, fields.channels) // arch.n_classes - fields.fields
+        if useful == 0:
             raise ValueError(
                 f"the head reads a {fh}x{fw} map, a single {group.name}-orbit of positions, after "
                 "LayerNorm over (H,W): every invariant head sees only the per-channel mean, which "
                 "LayerNorm sets to 0, so every equivariant model is constant (SPEC §1). Use larger "
                 "images (dataset.image_size), less pooling (model.pool) or model.layernorm=false"
             )
-        if arch.layernorm and orbits == 2:
+        if useful <= fields.fields:
             log.warning(
                 "the head reads a %dx%d map with only %d %s-orbits of positions: the equivariant "
                 "model class is very small",
@@ -232,7 +267,10 @@ def logits_at(
         h = x if n == 1 else x.repeat(1, n, 1, 1)
     k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
     for i, a in enumerate(weights[:-1]):
-        bias = biases[i].reshape(-1) if biases is not None else None
+        bias = None if biases is None else biases[i]
+        if bias is not None and bias.shape[-1] != a.shape[1]:  # one per regular field (SPEC §9)
+            bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
+        bias = None if bias is None else bias.reshape(-1)
         h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=n)
         if arch.pool[i] > 1:
             h = F.avg_pool2d(h, arch.pool[i])

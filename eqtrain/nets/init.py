@@ -43,11 +43,11 @@ def initial_weights(model: EqCNN, scheme: str, sigma: float, seed: int) -> list[
             a = (2 * torch.rand(out_dim, in_dim, space.size, generator=generator, dtype=torch.float64) - 1) * bound
             weights.append(a * omega)
             continue
-        basis = space.basis_e.cpu().double()  # (s, n) orthonormal orbit indicators
-        values = (2 * torch.rand(out_dim, in_dim, basis.shape[1], generator=generator, dtype=torch.float64) - 1) * bound
-        a_eq = values @ (basis > 0).double().T  # each orbit's entries share one value
+        shape = space.orbit_shape(out_dim, in_dim)  # one value per orbit of E (joint orbits for regular fields)
+        values = (2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1) * bound
+        a_eq = space.tie(values)  # each orbit's entries share one value
         xi = torch.randn(out_dim, in_dim, space.size, generator=generator, dtype=torch.float64) * sigma * omega
-        weights.append(a_eq + xi - xi @ (basis @ basis.T))
+        weights.append(a_eq + xi - space.e_component(xi))
     return weights
 
 

@@ -76,6 +76,7 @@ class Recorder:
             if state.stopped[k]:  # its curves end where it stopped; so does its last evaluation
                 logger.log(end, self.metrics[k])
             final = finals.of_seed(k)
+            start = dict(zip(("dist_to_E/start", "dist_to_E_rel/start"), state.start[k, -2:].tolist()))
             logger.log(end, final)
             logger.close()
             finite = all(torch.isfinite(a[k]).all() for a in weights)
@@ -85,6 +86,7 @@ class Recorder:
                 {
                     **self.metrics[k],
                     **final,
+                    **start,
                     "status": "diverged" if state.stopped[k] or not finite else "completed",
                     "steps": end,
                     "epochs_done": state.epoch if not state.stopped[k] else end // steps_per_epoch,

@@ -13,17 +13,19 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..data.augment import AUGMENT_KINDS
-from ..schema import DEFAULT_GAMMA, Config
+from ..schema import AUGMENT_KINDS, DEFAULT_GAMMA, Config
 from .modes import MODES, Dynamics
 from .schedule import SCHEDULES, GammaSchedule
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Checked before torch is imported (a bad value is answered at once); the largest finite value of each.
+DTYPES = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -97,15 +99,34 @@ def _get(cfg, dotted: str):
 
 
 def validate(cfg: Config) -> Settings:
-    """Check the top-level keys and resolve the phases; raise ConfigError on the first bad value."""
+    """Check the top-level keys and resolve the phases; raise ConfigError on the first bad value.
+
+    Every value is checked before torch is imported: a bad value costs a fraction of a second.
+    """
 
     def need(ok: bool, key: str, valid: str) -> None:
         if not ok:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: {valid}")
 
+    _check_values(cfg, need)
+    phases = _phases(cfg, need)
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is not valid: no CUDA GPU is visible to torch; use device=cpu or device=auto")
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    return Settings(
+        config=cfg, gamma=_gamma(cfg, phases), device=device, dtype=getattr(torch, cfg.dtype), phases=phases
+    )
+
+
+def _check_values(cfg: Config, need) -> None:
     need(cfg.gamma is None or (math.isfinite(cfg.gamma) and cfg.gamma >= 0), "gamma", "use a finite number >= 0")
-    dtype = DTYPES.get(cfg.dtype, torch.float32)
-    largest = torch.finfo(dtype).max  # γ and lr enter the update as numbers of the run's dtype
+    need(cfg.dtype in DTYPES, "dtype", f"use one of {', '.join(DTYPES)}")
+    largest = DTYPES[cfg.dtype]  # γ and lr enter the update as numbers of the run's dtype
     need(cfg.gamma is None or cfg.gamma <= largest, "gamma", f"larger than the largest {cfg.dtype} ({largest:.3g})")
     need(cfg.lr <= largest or not math.isfinite(cfg.lr), "lr", f"larger than the largest {cfg.dtype} ({largest:.3g})")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "use a finite number > 0")
@@ -115,7 +136,6 @@ def validate(cfg: Config) -> Settings:
     need(cfg.log_every >= 1, "log_every", "use an int >= 1")
     need(math.isfinite(cfg.data_scale) and cfg.data_scale > 0, "data_scale", "use a finite number > 0")
     need(cfg.augment in AUGMENT_KINDS, "augment", f"use one of {', '.join(AUGMENT_KINDS)}")
-    need(cfg.dtype in DTYPES, "dtype", f"use one of {', '.join(DTYPES)}")
     need(cfg.device in DEVICES, "device", f"use one of {', '.join(DEVICES)}")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "use an int >= 1 or null")
     need(cfg.seeds >= 1, "seeds", "use an int >= 1")
@@ -127,26 +147,18 @@ def validate(cfg: Config) -> Settings:
     need(cfg.analyze_samples >= 1, "analyze_samples", "use an int >= 1")
     need(cfg.analyze_iterations >= 1, "analyze_iterations", "use an int >= 1")
     need(cfg.init.sigma >= 0 and math.isfinite(cfg.init.sigma), "init.sigma", "use a finite number >= 0")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' is not valid: no CUDA GPU is visible to torch; use device=cpu or device=auto")
-    phases = _phases(cfg, need)
-    regularized = [p.mode for p in phases if p.dyn.regularize]
-    if regularized:
-        gamma = DEFAULT_GAMMA if cfg.gamma is None else float(cfg.gamma)
-    else:
-        if cfg.gamma:
-            which = (
-                f"no phase regularizes ({_describe(phases)})"
-                if cfg.phases
-                else f"mode={cfg.mode.name} has no regularizer"
-            )
-            log.warning("gamma=%s is ignored: %s (use augreg or nomreg)", cfg.gamma, which)
-        gamma = 0.0
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    return Settings(config=cfg, gamma=gamma, device=device, dtype=DTYPES[cfg.dtype], phases=phases)
+
+
+def _gamma(cfg: Config, phases: tuple[Phase, ...]) -> float:
+    """The γ of the regularized phases: as given, DEFAULT_GAMMA if unset; 0 (with a warning if set) otherwise."""
+    if any(p.dyn.regularize for p in phases):
+        return DEFAULT_GAMMA if cfg.gamma is None else float(cfg.gamma)
+    if cfg.gamma:
+        which = (
+            f"no phase regularizes ({_describe(phases)})" if cfg.phases else f"mode={cfg.mode.name} has no regularizer"
+        )
+        log.warning("gamma=%s is ignored: %s (use augreg or nomreg)", cfg.gamma, which)
+    return 0.0
 
 
 def _phases(cfg, need) -> tuple[Phase, ...]:
@@ -192,6 +204,7 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "image_size": str(cfg.dataset.image_size),
         "shuffle": cfg.dataset.shuffle,
         "channels": str(list(cfg.model.channels)),
+        "fibers": str(cfg.model.fibers if isinstance(cfg.model.fibers, str) else list(cfg.model.fibers)),
         "kernel_size": cfg.model.kernel_size,
         "activation": cfg.model.activation,
         "pool": str(cfg.model.pool),

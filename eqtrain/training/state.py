@@ -37,6 +37,7 @@ class RunState:
     alive: torch.Tensor | None = None  # (N,) bool, on the device
     died_at: torch.Tensor | None = None  # (N,) long, on the device: the step a seed diverged at, or −1
     stopped: list[bool] = field(default_factory=list)  # per seed, as last read on the host
+    start: torch.Tensor | None = None  # (N, layers + 2): the distances of A₀, for the end-of-run summary
 
     def __post_init__(self) -> None:
         n = len(self.seeds)
@@ -46,6 +47,7 @@ class RunState:
         self.alive = torch.ones(n, dtype=torch.bool, device=device) if self.alive is None else self.alive
         self.died_at = torch.full((n,), -1, device=device) if self.died_at is None else self.died_at
         self.stopped = self.stopped or [False] * n
+        self.start = self.model.distances().values.cpu() if self.start is None else self.start
 
     def record(self, alive: torch.Tensor) -> None:
         """After a step: the seeds that took it (on the device; a seed that just stopped keeps its step)."""
@@ -86,6 +88,7 @@ class RunState:
             "alive": self.alive.cpu(),
             "died_at": self.died_at.cpu(),
             "stopped": list(self.stopped),
+            "start": self.start,
             "threads": torch.get_num_threads(),
         }
 
@@ -105,3 +108,4 @@ class RunState:
         self.alive = state["alive"].to(device)
         self.died_at = state["died_at"].to(device)
         self.stopped = list(state["stopped"])
+        self.start = state["start"]

@@ -20,10 +20,15 @@ def scalars(run_dir: Path) -> dict[str, list[int]]:
     return {tag: steps for tag, (steps, _) in curves(run_dir).items()}
 
 
+@pytest.mark.slow
 def test_run_writes_curves_hparams_and_metrics(tmp_path):
     proc = eqtrain(tmp_path, *SMOKE)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    # The summary: what changed and where to look.
+    assert "eqtrain: augreg, gamma=10, group=c4: completed after 20 steps" in proc.stdout
+    assert "d(A)  3.013 -> " in proc.stdout and "acc/test_orbit" in proc.stdout
+    assert f"curves: tensorboard --logdir {run_dir.relative_to(tmp_path)}" in proc.stdout
     steps = scalars(run_dir)
     for tag in ("dist_to_E/conv1", "dist_to_E/conv2", "dist_to_E/head", "dist_to_E/total", "dist_to_E_rel/total"):
         assert steps[tag] == list(range(21)), tag  # 20 steps of 20 (max_steps) + the final weights
@@ -45,6 +50,7 @@ def test_run_writes_curves_hparams_and_metrics(tmp_path):
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= tags
 
 
+@pytest.mark.slow
 def test_log_every_thins_the_per_step_curves(tmp_path):
     assert eqtrain(tmp_path, *SMOKE, "log_every=5", "mode=nomreg").returncode == 0
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
@@ -68,12 +74,14 @@ def test_bad_value_is_one_clear_line_and_exit_2(tmp_path):
     assert "eqtrain: error: lr=-1.0 is not valid: use a finite number > 0" in proc.stderr.splitlines()
 
 
+@pytest.mark.slow
 def test_gamma_for_a_mode_without_regularizer_warns(tmp_path):
     proc = eqtrain(tmp_path, *SMOKE, "mode=nominal", "gamma=0.5")
     assert proc.returncode == 0
     assert "gamma=0.5 is ignored: mode=nominal has no regularizer" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_help_and_cfg_job(tmp_path):
     help_ = eqtrain(tmp_path, "--help")
     assert help_.returncode == 0
@@ -84,6 +92,7 @@ def test_help_and_cfg_job(tmp_path):
     assert cfg.returncode == 0 and "name: nomreg" in cfg.stdout and "gamma: 1" in cfg.stdout
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_two_directories(tmp_path):
     procs = [
         subprocess.Popen(
@@ -95,6 +104,7 @@ def test_two_runs_started_together_get_two_directories(tmp_path):
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_wheel_contains_every_config_file(tmp_path):
     subprocess.run(
         [

@@ -1,8 +1,6 @@
 """seeds=N: N seeds of one config trained by the one loop as one batched network equal N separate runs."""
 
 import json
-import signal
-import subprocess
 
 import pytest
 import torch
@@ -13,9 +11,8 @@ from eqtrain.nets.init import initial_weights_of_seeds
 from eqtrain.schema import ModelConfig
 from eqtrain.training.step import sgd_step
 
-from ..helpers import EQTRAIN, make_config, rel, scalars
+from ..helpers import kill_and_resume, make_config, rel, scalars
 from ..helpers import train_config as train
-from .test_robustness import wait_for
 
 BASE = ("dataset.train_limit=100", "dataset.test_limit=30", "epochs=2", "lr=0.001")
 
@@ -128,18 +125,7 @@ LONG = [
 @pytest.mark.slow
 def test_an_ensemble_killed_and_resumed_is_bitwise_identical(tmp_path):
     """seeds=N is a run like any other: SIGTERM mid-epoch, resume=true, every seed bitwise as uninterrupted."""
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run([EQTRAIN, *LONG, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
-    proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
-    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's checkpoint: now in epoch 2
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    assert 600 < torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < 1200  # mid-epoch
-    for seed in (0, 1):
-        assert json.loads((killed / f"seed={seed}" / "metrics.json").read_text())["status"] == "interrupted"
-    subprocess.run(
-        [EQTRAIN, *LONG, f"hydra.run.dir={killed}", "resume=true"], cwd=tmp_path, check=True, capture_output=True
-    )
+    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=600)
     for seed in (0, 1):
         ref, resumed = reference / f"seed={seed}", killed / f"seed={seed}"
         assert (resumed / "metrics.json").read_text() == (ref / "metrics.json").read_text()

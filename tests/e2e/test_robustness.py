@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from eqtrain.cli.train import precheck
 
-from ..helpers import EQTRAIN, TINY, cli, make_config, scalars, train_config
+from ..helpers import EQTRAIN, TINY, cli, kill_and_resume, make_config, scalars, train_config, wait_for
 
 QUICK = ["experiment=smoke", "max_steps=3"]
 
@@ -67,6 +66,7 @@ def test_missing_data_files(tmp_path, monkeypatch, capsys):
     assert "dataset=digits works offline" in err
 
 
+@pytest.mark.slow
 def test_download_without_network_fails_fast(tmp_path, monkeypatch, capsys):
     start = time.monotonic()
     code, err = cli(
@@ -123,6 +123,7 @@ def test_divergence_stops_flushes_and_keeps_the_last_finite_state(run_train):
     assert all(torch.equal(a, b) for a, b in zip(run.weights(), start))  # weights.pt: A_0 itself
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_sweep_going(tmp_path):
     proc = subprocess.run(
         [EQTRAIN, "-m", *QUICK, "mode=nominal", "lr=1e38,0.05", f"hydra.sweep.dir={tmp_path}/sweep"],
@@ -138,31 +139,9 @@ def test_divergence_keeps_the_sweep_going(tmp_path):
 LONG = ["dataset.train_limit=1000", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Until ``path`` exists (an event of the run, not a guess at its timing); the run must still be going."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-
-
+@pytest.mark.slow
 def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run([EQTRAIN, *LONG, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
-
-    proc = subprocess.Popen([EQTRAIN, *LONG, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
-    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's checkpoint: now in epoch 2
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    interrupted = json.loads((killed / "metrics.json").read_text())
-    assert interrupted["status"] == "interrupted"
-    stopped_at = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
-    assert 1000 < stopped_at < 2000  # mid-epoch (epochs are 1000 steps)
-
-    subprocess.run(
-        [EQTRAIN, *LONG, f"hydra.run.dir={killed}", "resume=true"], cwd=tmp_path, check=True, capture_output=True
-    )
+    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=1000)
     assert (killed / "metrics.json").read_text() == (reference / "metrics.json").read_text()
     final_ref = torch.load(reference / "weights.pt", weights_only=True)["weights"]
     final_resumed = torch.load(killed / "weights.pt", weights_only=True)["weights"]
@@ -174,6 +153,7 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
         assert resumed_curves[tag] == (steps, values), tag
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR2])
 def test_other_stop_signals_checkpoint_too(tmp_path, sig):
     run = tmp_path / "run"
@@ -185,6 +165,7 @@ def test_other_stop_signals_checkpoint_too(tmp_path, sig):
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > 1000  # past the first epoch
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics_across_processes(tmp_path):
     for name in ("a", "b"):
         subprocess.run([EQTRAIN, *QUICK, "max_steps=15", f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, check=True)
@@ -246,3 +227,51 @@ def test_train_restores_the_thread_count(run_train):
     before = torch.get_num_threads()
     run_train(*TINY, "max_steps=2", f"threads={max(1, before - 1) if before > 1 else 2}")
     assert torch.get_num_threads() == before
+
+
+# -- damaged files and a full disk ------------------------------------------------------------
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(run_train, caplog):
+    """A truncated checkpoint.pt costs the run nothing: resume takes checkpoint.prev.pt and says so."""
+    run = run_train(*TINY, "dataset.train_limit=40", "epochs=2", "batch_size=10")  # 2 epochs: two checkpoints
+    before = (run.dir / "metrics.json").read_text()
+    latest = run.dir / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
+    with caplog.at_level(logging.WARNING):
+        train_config(
+            make_config(*TINY, "dataset.train_limit=40", "epochs=2", "batch_size=10", f"resume={run.dir}"), run.dir
+        )
+    assert "falling back to the previous checkpoint checkpoint.prev.pt" in caplog.text
+    assert (run.dir / "metrics.json").read_text() == before  # resumed from the previous state, to the same end
+
+
+def test_a_damaged_checkpoint_without_a_previous_one_is_one_line(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"resume={run}")
+    assert code == 2 and err.count("\n") == 1
+    assert "checkpoint.pt is damaged or not an eqtrain checkpoint" in err and "no previous checkpoint" in err
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing a checkpoint: one line naming the file, exit 2; the temporary file is gone."""
+    import errno
+
+    import eqtrain.run.checkpoint as checkpoint
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    run = tmp_path / "run"
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={run}")
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot write" in err and "checkpoint.pt.tmp: No space left on device" in err
+    assert (run / "config.yaml").exists() and not list(run.glob("*.tmp"))
+
+
+def test_gamma_beyond_float32_is_one_line(tmp_path, monkeypatch, capsys):
+    code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, "gamma=1e308")
+    assert code == 2 and "gamma=1e+308 is not valid: larger than the largest float32 (3.4e+38)" in err

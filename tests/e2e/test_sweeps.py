@@ -58,8 +58,9 @@ def test_named_sweeps_compose():
     with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
         cfg = compose("config", ["experiment=paper", "sweep=paper_gammas"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params.mode == "nomreg,augreg,equivariant" and params.seed == "range(30)"
-    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert params.mode == "nomreg,augreg,equivariant" and params.gamma == "0.01,0.1,1,10"
+    assert cfg.seeds == 30 and "seed" not in params  # the 30 seeds of a job are one batched run
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and "GridSweeper" in cfg.hydra.sweeper._target_
 
 
 def test_stability_preset_switches_phase_with_continuous_weights(run_train):
@@ -82,6 +83,7 @@ def test_stability_preset_switches_phase_with_continuous_weights(run_train):
     assert run.metrics()["hparams"]["mode"] == "equivariant>augmented"
 
 
+@pytest.mark.slow
 def test_stability_preset_with_skewed_support_leaves_e_in_phase_two(run_train):
     run = run_train(
         "experiment=stability", "dataset=digits", *TINY, "batch_size=10", "model.channels=[8,8,8]", "model.support=skewed",
@@ -126,6 +128,7 @@ def test_twin_separates_from_nominal_training(run_train):
 # -- launchers and search ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_every_job_with_threads_per_job(tmp_path):
     results = sweep(tmp_path, *FEW, "hydra/launcher=parallel", "mode=nomreg,augreg", "gamma=0.1,1", "seed=0,1")
     assert len(results) == 8 and all(r["status"] == "completed" for r in results)
@@ -138,6 +141,7 @@ def test_joblib_sweep_runs_every_job_with_threads_per_job(tmp_path):
     assert names[0] == "0_gamma=0.1,max_steps=4,mode=nomreg,seed=0"  # job directories named by overrides
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_job_that_resumes_by_default(tmp_path):
     (result,) = sweep(tmp_path, *FEW, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5")
     assert result["status"] == "completed"
@@ -145,6 +149,7 @@ def test_submitit_local_runs_a_job_that_resumes_by_default(tmp_path):
     assert "resume: auto" in config.read_text()
 
 
+@pytest.mark.slow
 def test_optuna_searches_gamma_and_returns_the_objective(tmp_path):
     proc = subprocess.run(
         [EQTRAIN, "hparams_search=gamma_optuna", *FEW, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/s"],

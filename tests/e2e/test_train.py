@@ -4,7 +4,7 @@ import pytest
 
 from eqtrain.training.settings import ConfigError
 
-from ..helpers import TINY, make_config
+from ..helpers import TINY, Run, make_config
 from ..helpers import train_config as train
 
 MODES = ["nominal", "augmented", "equivariant", "augreg", "nomreg"]
@@ -83,3 +83,55 @@ def test_bad_values_name_key_value_and_valid(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         train(make_config(*TINY, override), tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# -- γ schedules and the projected model (SPEC §10) --------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["augreg", "nomreg"])
+def test_a_gamma_ramp_is_logged_and_is_what_the_regularizer_uses(run_train, mode):
+    run = run_train(
+        *TINY, f"mode={mode}", "gamma=8", "gamma_schedule=linear", "gamma_start=0", "gamma_ramp_steps=4", "max_steps=8"
+    )
+    steps, gammas = run.scalars("gamma/t")
+    assert steps == list(range(8)) and gammas == [0.0, 2.0, 4.0, 6.0, 8.0, 8.0, 8.0, 8.0]
+    _, reg = run.scalars("loss/reg")
+    _, dist = run.scalars("dist_to_E/total")
+    for g, r, d in zip(gammas, reg, dist):
+        assert r == pytest.approx(g / 2 * d**2, rel=1e-5)  # γ_t Γ(A_t), logged in float32
+    assert (
+        run.metrics()["hparams"]["gamma_schedule"] == "linear" and run.metrics()["hparams"]["gamma_ramp"] == "4 steps"
+    )
+
+
+def test_a_ramp_counts_from_the_start_of_the_run_across_phases_and_seeds(run_train):
+    phases = "+phases=[{mode:nominal,epochs:1},{mode:augreg,epochs:1}]"
+    common = ("dataset.train_limit=40", "dataset.test_limit=20", "batch_size=10", phases, "gamma=1", "gamma_schedule=exp",
+              "gamma_start=0.01", "gamma_ramp_epochs=2")  # fmt: skip
+    single = run_train(*common)
+    ensemble = run_train(*common, "seeds=2")
+    steps, gammas = single.scalars("gamma/t")
+    assert gammas[:4] == [0.0] * 4  # phase 1 does not regularize
+    expected = [0.01 * 100 ** (t / 8) for t in range(4, 8)]  # 8 ramp steps over the 2 epochs, from step 0
+    assert gammas[4:] == pytest.approx(expected, rel=1e-6)
+    assert Run(ensemble.dir / "seed=0").scalars("gamma/t") == (steps, gammas)
+
+
+def test_the_projected_model_of_an_equivariant_run_is_itself(run_train):
+    m = run_train(*TINY, "mode=equivariant", "max_steps=5").metrics()
+    assert m["acc/test_projected"] == m["acc/test"] and m["acc/test_orbit_projected"] == m["acc/test_orbit"]
+
+
+def test_the_projected_accuracy_is_that_of_the_model_built_from_pi_e(run_train):
+    """SPEC §10: acc/test_projected is the accuracy of Π_E(A_t), the nearest exactly equivariant network."""
+    from eqtrain.training.metrics import evaluate
+    from eqtrain.training.restore import restore
+
+    run = run_train(*TINY, "mode=nominal", "max_steps=30")
+    m = run.metrics()
+    restored = restore(run.dir)
+    snapped = restored.model
+    snapped.set_weights(snapped.space.project_e(snapped.weights()))
+    metrics = evaluate(snapped, restored.data, restored.group)[0]
+    assert m["acc/test_projected"] == metrics["acc/test"] and m["acc/test_orbit_projected"] == metrics["acc/test_orbit"]
+    assert m["dist_to_E/total"] > 0.1  # off E: Π_E(A) is a different network from A

@@ -169,6 +169,7 @@ def rate(d: list[float], first: int = 50) -> float:
     return (math.log(d[-1]) - math.log(d[first])) / (len(d) - 1 - first)
 
 
+@pytest.mark.slow
 def test_gamma_crit_and_gamma_max_predict_augreg_from_a_trained_equivariant_point():
     """SPEC §5.4: near a stationary point A* of the equivariant flow, augreg's E⊥ part evolves per
     step by 1 − lr(λ + γ), λ over the spectrum of H_⊥: E attracts for γ_crit < γ < γ_max."""

@@ -1,0 +1,65 @@
+"""What the console shows when a run or a sweep ends: what changed, and where to look next."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ..run.files import METRICS_FILE
+
+
+def _median(results: list[dict], key: str) -> float:
+    values = [r[key] for r in results if isinstance(r.get(key), (int, float))]
+    return statistics.median(values) if values else float("nan")
+
+
+def shown(path: Path) -> Path:
+    """A path as the user would type it: relative to the working directory when it lies below it."""
+    path = Path(path).absolute()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def run_summary(result: dict, run_dir: Path) -> str:
+    """A few lines: mode, γ, group, status; d(A) and d/‖A‖ from start to end; the accuracies; the files."""
+    run_dir = shown(run_dir)
+    runs = result.get("runs", [result])
+    hp = runs[0]["hparams"]
+    statuses = sorted({r["status"] for r in runs})
+    over = f" (median over {len(runs)} seeds)" if len(runs) > 1 else ""
+    m = {key: _median(runs, key) for key in runs[0] if isinstance(runs[0][key], (int, float))}
+    return "\n".join(
+        [
+            f"eqtrain: {hp['mode']}, gamma={hp['gamma']:g}, group={hp['group']}: {'/'.join(statuses)} "
+            f"after {runs[0]['steps']} steps{over}",
+            f"  d(A)  {m.get('dist_to_E/start', float('nan')):.4g} -> {m['dist_to_E/total']:.4g}"
+            f"    d(A)/|A|  {m.get('dist_to_E_rel/start', float('nan')):.4g} -> {m['dist_to_E_rel/total']:.4g}",
+            f"  acc/test {m['acc/test']:.4f}   acc/test_orbit {m['acc/test_orbit']:.4f}   "
+            f"equiv/test_error {m['equiv/test_error']:.4g}",
+            f"  run directory: {run_dir}",
+            f"  curves: tensorboard --logdir {run_dir}",
+        ]
+    )
+
+
+def sweep_summary(sweep_dir: Path) -> str:
+    """One line per run of the sweep (a job, or each seed of a job), then the commands for the figure and curves."""
+    lines, sweep_dir = [f"eqtrain: sweep in {shown(sweep_dir)}"], Path(sweep_dir)
+    for path in sorted(sweep_dir.rglob(METRICS_FILE)):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            lines.append(f"  {path.parent.relative_to(sweep_dir)}: unreadable {METRICS_FILE}")
+            continue
+        hp = r.get("hparams", {})
+        if r.get("status") not in ("completed", "diverged"):
+            lines.append(f"  {path.parent.relative_to(sweep_dir)}: {r.get('status')} at step {r.get('steps')}")
+            continue
+        lines.append(
+            f"  {path.parent.relative_to(sweep_dir)}: {hp.get('mode')} gamma={hp.get('gamma', 0):g} {r['status']}, "
+            f"d(A) {r.get('dist_to_E/start', float('nan')):.3g} -> {r['dist_to_E/total']:.3g}, "
+            f"acc/test {r['acc/test']:.3f}, acc/test_orbit {r['acc/test_orbit']:.3f}"
+        )
+    lines.append(f"  figure and table: eqtrain-plot {shown(sweep_dir)}")
+    lines.append(f"  curves: tensorboard --logdir {shown(sweep_dir)}")
+    return "\n".join(lines)
