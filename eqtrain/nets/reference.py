@@ -24,8 +24,8 @@ import torch
 from .cnn import EqCNN
 
 DOMAIN = (
-    "group=c4, model.support=full, an odd model.kernel_size and an odd square map before the head "
-    "(e.g. 28x28 images after two 2x pools: 7x7)"
+    "group=c4, scalar channels (model.fibers=trivial), model.support=full, an odd model.kernel_size and an odd "
+    "square map before the head (e.g. 28x28 images after two 2x pools: 7x7)"
 )
 
 
@@ -35,6 +35,8 @@ def reference_problem(model: EqCNN) -> str | None:
         return f"group={model.group.name}"
     for name, space in zip(model.space.names, model.space):
         h, w = space.h, space.w
+        if getattr(space, "joint", False):  # G permutes its channels (SPEC §9)
+            return f"{name} has regular fields (model.fibers=regular)"
         if name == "head" and not (h == w and h % 2):
             return f"the head reads a {h}x{w} map"
         if name != "head" and not (h == w and h % 2):

@@ -139,6 +139,7 @@ def test_other_odd_shapes_follow_the_same_tensors():
         ((), "c2", 28, "group=c2"),
         (("model.support=cross",), "c4", 28, "conv1's support is not full"),
         ((), "c4", 32, "the head reads a 8x8 map"),
+        (("model=gcnn",), "c4", 28, "conv1 has regular fields (model.fibers=regular)"),
     ],
 )
 def test_refused_outside_the_authors_domain_in_one_line(overrides, group, image, why):
