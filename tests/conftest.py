@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from .helpers import Run, make_config, train_config
+import pytest
+
+# torch and the helpers are imported where they are used: under pytest-xdist the controlling process
+# loads this file too, and needs neither (3-4 s of the fast subset's minute).
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the default, pyproject.toml) each worker gets its share of the cores as torch
+    threads, and so do the eqtrain processes it starts: two workers of two threads on two cores mostly
+    wait on each other."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture
 def run_train(tmp_path):
     """run_train("mode=augmented", ...) -> Run: the real loop on the composed config."""
+    from .helpers import Run, make_config, train_config
+
     counter = iter(range(1000))
 
     def _run(*overrides: str) -> Run:
@@ -24,6 +41,8 @@ def run_train(tmp_path):
 @pytest.fixture
 def one_thread():
     """One torch thread: tests of many tiny ops on a shared 2-core machine mostly wait on each other with two."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_module
 
@@ -31,6 +32,16 @@ EQTRAIN = str(BIN / "eqtrain")
 # A quick digits budget for the end-to-end tests (28x28 images, as in SPEC §6).
 TINY = ("dataset.train_limit=100", "dataset.test_limit=50", "epochs=1")
 SMOKE = ("experiment=smoke",)
+
+
+def fast_first(cases, fast: int = 1, ids=None) -> list:
+    """Parametrize cases of which the first ``fast`` run in ``pytest -m "not slow"``; all run in the whole suite."""
+    cases = list(cases)
+    ids = ids or [None] * len(cases)
+    return [
+        pytest.param(*(c if isinstance(c, tuple) else (c,)), id=i, marks=() if n < fast else pytest.mark.slow)
+        for n, (c, i) in enumerate(zip(cases, ids))
+    ]
 
 
 def make_config(*overrides: str):

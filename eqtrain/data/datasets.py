@@ -22,8 +22,6 @@ from ..schema import DatasetConfig
 
 DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "kmnist")
 _TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
-DIGITS_TEST_SIZE = 297
-SPLIT_SEED = 0  # the digits split is part of the dataset's definition, not of the run's seed
 
 
 @dataclass(frozen=True)
@@ -94,18 +92,39 @@ def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
 
 
 def _load_digits(image_size) -> Data:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # values 0..16 -> [0, 1]
-    y = torch.tensor(bunch.target, dtype=torch.long)
+    images, target = _digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0  # values 0..16 -> [0, 1]
+    y = torch.tensor(target, dtype=torch.long)
     x = _resize(x, image_size_of(image_size))
-    train, test = train_test_split(
-        torch.arange(len(y)).numpy(), test_size=DIGITS_TEST_SIZE, stratify=y.numpy(), random_state=SPLIT_SEED
-    )
-    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    train, test = (torch.tensor(indices) for indices in _digits_split())
     return Data(x[train], y[train], x[test], y[test], n_classes=10)
+
+
+def _digits_arrays():
+    """scikit-learn's bundled digits file, read without importing scikit-learn (1.5-3 s of a run's
+    start, docs/design.md); the same arrays as ``sklearn.datasets.load_digits()`` (a test checks)."""
+    import gzip
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():  # another layout of scikit-learn: its own loader, the same data
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
+def _digits_split() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The fixed, stratified 1 500 / 297 split (``digits_split.txt``, made once with scikit-learn)."""
+    lines = [line for line in (Path(__file__).parent / "digits_split.txt").read_text().splitlines() if line[:1] != "#"]
+    train, test = (tuple(int(i) for i in line.split()) for line in lines)
+    return train, test
 
 
 def _load_torchvision(cfg: DatasetConfig) -> Data:

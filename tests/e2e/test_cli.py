@@ -57,6 +57,7 @@ def test_log_every_thins_the_per_step_curves(tmp_path):
     assert scalars(run_dir)["loss/total"] == [0, 5, 10, 15]
 
 
+@pytest.mark.slow  # a new interpreter each; the messages are checked in-process in test_robustness.py
 @pytest.mark.parametrize(
     "override,message",
     [("gamm=0.1", "gamm"), ("mode=augrg", "augrg"), ("group=c8", "c8"), ("model.kernel_size=three", "kernel_size")],
@@ -68,6 +69,7 @@ def test_typos_fail_at_once_naming_the_key(tmp_path, override, message):
     assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").rglob("events*"))
 
 
+@pytest.mark.slow  # a new interpreter; tests/e2e/test_robustness.py checks every message in-process
 def test_bad_value_is_one_clear_line_and_exit_2(tmp_path):
     proc = eqtrain(tmp_path, *SMOKE, "lr=-1")
     assert proc.returncode == 2
@@ -130,6 +132,7 @@ def test_wheel_contains_every_config_file(tmp_path):
     assert expected and expected <= names
     modules = {f"eqtrain/{p.relative_to(REPO / 'eqtrain').as_posix()}" for p in (REPO / "eqtrain").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
+    assert "eqtrain/data/digits_split.txt" in names  # the offline default's split
     # ... and Hydra finds them in the installed package, from any directory.
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)

@@ -18,7 +18,7 @@ import torch
 from eqtrain.cli.analyze import main as analyze
 from eqtrain.cli.plot import main as plot
 
-from ..helpers import cli, make_config, make_mnist, train_config
+from ..helpers import cli, fast_first, make_config, make_mnist, train_config
 
 TINY = ("dataset.train_limit=40", "dataset.test_limit=20", "epochs=1", "max_steps=3")
 
@@ -59,6 +59,7 @@ def damaged_idx(raw: Path) -> dict[str, tuple[str, bytes, str]]:
     }
 
 
+@pytest.mark.slow  # torchvision and IDX files; test_missing_data_files is the fast check of that path
 @pytest.mark.parametrize(
     "case",
     [
@@ -89,6 +90,7 @@ def test_damaged_idx_file_is_named_in_one_line(tmp_path, monkeypatch, capsys, ca
     assert not list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_only_compressed_files_say_to_decompress_them(tmp_path, monkeypatch, capsys):
     make_mnist(tmp_path / "data")
     raw = tmp_path / "data" / "MNIST" / "raw"
@@ -181,7 +183,7 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-@pytest.mark.parametrize("case", list(ANALYZE_CASES))
+@pytest.mark.parametrize("case", fast_first(ANALYZE_CASES, fast=4))
 def test_analyze_a_damaged_or_foreign_run_file_in_one_line(finished_run, tmp_path, capsys, case):
     run = Path(shutil.copytree(finished_run / "run", tmp_path / "run"))
     damage, words = ANALYZE_CASES[case]
@@ -218,6 +220,7 @@ def test_analyze_refuses_what_is_not_one_run_directory(finished_run, capsys, whe
         assert "e.g. '" in line  # one of them, to copy
 
 
+@pytest.mark.slow
 def test_analyze_without_the_data_points_to_data_dir(finished_run, tmp_path, capsys):
     run = Path(shutil.copytree(finished_run / "run", tmp_path / "run"))
     _edit(run / "config.yaml", "name: digits", "name: mnist")
@@ -247,6 +250,7 @@ def rows_of(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_truncated_event_file_is_plotted_as_far_as_it_reads_with_a_note(job, tmp_path, capsys):
     sweep = Path(shutil.copytree(job, tmp_path / "job"))
     events = events_of(sweep / "seed=1")
@@ -264,12 +268,14 @@ def test_a_truncated_event_file_is_plotted_as_far_as_it_reads_with_a_note(job, t
 
 @pytest.mark.parametrize(
     ("damage", "words"),
-    [
-        (lambda p: p.write_bytes(b""), "is not a TensorBoard event file (it is empty)"),
-        (lambda p: p.write_bytes(bytes(range(256)) * 10), "is not a TensorBoard event file"),
-        (lambda p: (p.unlink(), p.mkdir()), "is not a file"),
-    ],
-    ids=["empty", "garbage", "a-directory"],
+    fast_first(
+        [
+            (lambda p: p.write_bytes(b""), "is not a TensorBoard event file (it is empty)"),
+            (lambda p: p.write_bytes(bytes(range(256)) * 10), "is not a TensorBoard event file"),
+            (lambda p: (p.unlink(), p.mkdir()), "is not a file"),
+        ],
+        ids=["empty", "garbage", "a-directory"],
+    ),
 )
 def test_an_unreadable_event_file_skips_its_run_with_a_note(job, tmp_path, capsys, damage, words):
     sweep = Path(shutil.copytree(job, tmp_path / "job"))
@@ -283,14 +289,16 @@ def test_an_unreadable_event_file_skips_its_run_with_a_note(job, tmp_path, capsy
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [
-        (b'{"status": "completed", "hpar', "its metrics.json is damaged"),
-        (b"", "its metrics.json is empty"),
-        (bytes(range(128, 256)), "its metrics.json is damaged (not text"),
-        (b"[1, 2]", "its metrics.json is not an eqtrain run's"),
-        (b'{"hparams": {"mode": "augreg"}}', "its metrics.json is not an eqtrain run's"),
-    ],
-    ids=["truncated", "empty", "binary", "a-list", "foreign"],
+    fast_first(
+        [
+            (b'{"status": "completed", "hpar', "its metrics.json is damaged"),
+            (b"", "its metrics.json is empty"),
+            (bytes(range(128, 256)), "its metrics.json is damaged (not text"),
+            (b"[1, 2]", "its metrics.json is not an eqtrain run's"),
+            (b'{"hparams": {"mode": "augreg"}}', "its metrics.json is not an eqtrain run's"),
+        ],
+        ids=["truncated", "empty", "binary", "a-list", "foreign"],
+    ),
 )
 def test_a_damaged_metrics_file_skips_its_run_with_a_note(job, tmp_path, capsys, content, words):
     sweep = Path(shutil.copytree(job, tmp_path / "job"))
@@ -310,6 +318,7 @@ def test_every_run_unreadable_is_one_line_and_exit_2(job, tmp_path, capsys):
     assert not (sweep / "summary.md").exists()
 
 
+@pytest.mark.slow
 def test_a_run_directory_or_a_job_directory_plots(finished_run, tmp_path, capsys):
     for name in ("run", "job", "job/seed=0"):
         assert plot([str(finished_run / name), "--out", str(tmp_path / name)]) == 0
@@ -325,6 +334,7 @@ def test_a_file_for_the_sweep_or_for_out_is_one_line(job, tmp_path, capsys):
     assert (tmp_path / "out").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_an_output_that_cannot_be_written_keeps_the_previous_ones(job, tmp_path, capsys):
     out = tmp_path / "out"
     assert plot([str(job), "--out", str(out)]) == 0

@@ -11,7 +11,7 @@ from eqtrain.nets.init import initial_weights_of_seeds
 from eqtrain.schema import ModelConfig
 from eqtrain.training.step import sgd_step
 
-from ..helpers import kill_and_resume, make_config, rel, scalars
+from ..helpers import fast_first, kill_and_resume, make_config, rel, scalars
 from ..helpers import train_config as train
 
 BASE = ("dataset.train_limit=100", "dataset.test_limit=30", "epochs=2", "lr=0.001")
@@ -19,12 +19,14 @@ BASE = ("dataset.train_limit=100", "dataset.test_limit=30", "epochs=2", "lr=0.00
 
 @pytest.mark.parametrize(
     "overrides",
-    [
-        ("mode=augreg",),
-        ("mode=augmented", "augment=orbit"),
-        ("mode=nomreg", "model.support=cross", "model.parametrization=basis"),
-    ],
-    ids=["augreg-random", "augmented-orbit", "nomreg-basis"],
+    fast_first(
+        [
+            (("mode=augreg",),),
+            (("mode=augmented", "augment=orbit"),),
+            (("mode=nomreg", "model.support=cross", "model.parametrization=basis"),),
+        ],
+        ids=["augreg-random", "augmented-orbit", "nomreg-basis"],
+    ),
 )
 def test_ensemble_matches_sequential_runs(tmp_path, overrides):
     """≤1e-5 relative in float32 at the paper's lr over 20 steps (larger steps amplify round-off, SPEC §5.2)."""
@@ -55,6 +57,7 @@ def test_ensemble_writes_each_seeds_curves_like_a_run(run_train, tmp_path):
     assert curves(tmp_path / "e" / "seed=1") == curves(alone.dir)
 
 
+@pytest.mark.slow
 def test_ensemble_float64_is_exact_to_round_off(tmp_path):
     train(make_config(*BASE, "lr=0.05", "dtype=float64", "seeds=2"), tmp_path / "e")
     train(make_config(*BASE, "lr=0.05", "dtype=float64", "seed=1"), tmp_path / "a")
@@ -88,6 +91,7 @@ def test_an_ensemble_with_phases_and_a_twin_equals_single_runs(tmp_path):
         assert max(twin_a) > 0  # phase 2 leaves the twin: the check has teeth
 
 
+@pytest.mark.slow
 def test_analyze_writes_every_seeds_stability(tmp_path):
     train(
         make_config(*BASE, "seeds=2", "max_steps=3", "analyze=true", "analyze_samples=8", "analyze_iterations=4"),
@@ -112,7 +116,7 @@ def test_a_diverging_seed_is_frozen_and_the_others_go_on():
 
 
 LONG = [
-    "dataset.train_limit=600",
+    "dataset.train_limit=300",
     "dataset.test_limit=50",
     "epochs=2",
     "batch_size=1",
@@ -125,7 +129,7 @@ LONG = [
 @pytest.mark.slow
 def test_an_ensemble_killed_and_resumed_is_bitwise_identical(tmp_path):
     """seeds=N is a run like any other: SIGTERM mid-epoch, resume=true, every seed bitwise as uninterrupted."""
-    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=600)
+    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=300)
     for seed in (0, 1):
         ref, resumed = reference / f"seed={seed}", killed / f"seed={seed}"
         assert (resumed / "metrics.json").read_text() == (ref / "metrics.json").read_text()

@@ -13,7 +13,8 @@ from eqtrain.cli.plot import TABLE_TAGS, figure, load_sweep, main
 
 from .. import helpers
 
-pytestmark = pytest.mark.slow  # a real sweep or many steps of a wider network per test
+# A real sweep or many steps of a wider network per test; one worker, so the module's sweep is trained once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plot")]
 
 SMOKE = ("experiment=smoke", "max_steps=6")
 MODES, GAMMAS, SEEDS = ("nomreg", "augreg"), (0.1, 1.0), (0, 1)

@@ -12,7 +12,7 @@ import torch
 
 from eqtrain.cli.train import precheck
 
-from ..helpers import EQTRAIN, TINY, cli, kill_and_resume, make_config, scalars, train_config, wait_for
+from ..helpers import EQTRAIN, TINY, cli, fast_first, kill_and_resume, make_config, scalars, train_config, wait_for
 
 QUICK = ["experiment=smoke", "max_steps=3"]
 
@@ -43,7 +43,9 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("overrides,code,message", BAD_INPUT, ids=[" ".join(o) for o, _, _ in BAD_INPUT])
+@pytest.mark.parametrize(
+    "overrides,code,message", fast_first(BAD_INPUT, fast=5, ids=[" ".join(o) for o, _, _ in BAD_INPUT])
+)
 def test_bad_input_one_line_and_exit_code(tmp_path, monkeypatch, capsys, overrides, code, message):
     got, err = cli(tmp_path, monkeypatch, capsys, *QUICK, *overrides)
     assert got == code
@@ -88,6 +90,7 @@ def test_output_directory_not_writable(tmp_path, monkeypatch, capsys):
     assert code == 2 and "hydra.run.dir=" in err and "is not writable" in err
 
 
+@pytest.mark.slow
 def test_resume_needs_a_checkpoint_of_the_same_config(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -100,6 +103,7 @@ def test_resume_needs_a_checkpoint_of_the_same_config(tmp_path, monkeypatch, cap
     assert cli(tmp_path, monkeypatch, capsys, *QUICK, "lr=0.5", f"resume={run}", "force_resume=true")[0] == 0
 
 
+@pytest.mark.slow
 def test_a_run_never_overwrites_another(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     assert cli(tmp_path, monkeypatch, capsys, *QUICK, f"hydra.run.dir={run}")[0] == 0
@@ -136,12 +140,14 @@ def test_divergence_keeps_the_sweep_going(tmp_path):
 
 # -- interruption and exact resume ------------------------------------------------------------
 
-LONG = ["dataset.train_limit=1000", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
+# Two epochs of 400 steps (about 1.5 s each): the stop lands in epoch 2, well after its first checkpoint.
+EPOCH = 400
+LONG = [f"dataset.train_limit={EPOCH}", "dataset.test_limit=50", "epochs=2", "batch_size=1", "mode=augreg", "lr=0.01"]
 
 
 @pytest.mark.slow
 def test_killed_mid_epoch_then_resumed_is_bitwise_identical(tmp_path):
-    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=1000)
+    reference, killed = kill_and_resume(tmp_path, LONG, steps_per_epoch=EPOCH)
     assert (killed / "metrics.json").read_text() == (reference / "metrics.json").read_text()
     final_ref = torch.load(reference / "weights.pt", weights_only=True)["weights"]
     final_resumed = torch.load(killed / "weights.pt", weights_only=True)["weights"]
@@ -162,7 +168,7 @@ def test_other_stop_signals_checkpoint_too(tmp_path, sig):
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 128 + sig
     assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > 1000  # past the first epoch
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] > EPOCH  # past the first epoch
 
 
 @pytest.mark.slow
@@ -172,6 +178,7 @@ def test_same_config_same_metrics_across_processes(tmp_path):
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_fresh_or_continues(run_train, tmp_path):
     first = run_train(*TINY, "max_steps=5", "resume=auto")
     assert first.metrics()["status"] == "completed"
@@ -190,6 +197,7 @@ def test_resume_auto_without_a_checkpoint_starts_over(run_train, tmp_path):
     assert len(list(run.glob("stale-*"))) == 1
 
 
+@pytest.mark.slow
 def test_resume_restores_the_thread_count(run_train, caplog):
     """CPU sums split by thread: a resumed run takes the interrupted run's count, not the default."""
     default = torch.get_num_threads()
@@ -223,6 +231,7 @@ def test_precheck_leaves_valid_command_lines_to_hydra(args):
     assert precheck(args) is None
 
 
+@pytest.mark.slow
 def test_train_restores_the_thread_count(run_train):
     before = torch.get_num_threads()
     run_train(*TINY, "max_steps=2", f"threads={max(1, before - 1) if before > 1 else 2}")

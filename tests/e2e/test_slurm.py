@@ -26,7 +26,7 @@ import pytest
 
 from ..helpers import EQTRAIN, scalars
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slurm_cluster.sh"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol")

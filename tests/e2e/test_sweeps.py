@@ -63,6 +63,7 @@ def test_named_sweeps_compose():
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and "GridSweeper" in cfg.hydra.sweeper._target_
 
 
+@pytest.mark.slow
 def test_stability_preset_switches_phase_with_continuous_weights(run_train):
     """Phase 1 equivariant, phase 2 orbit-augmented from exactly those weights (SPEC §8, §5.2).
 
@@ -130,15 +131,15 @@ def test_twin_separates_from_nominal_training(run_train):
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_every_job_with_threads_per_job(tmp_path):
-    results = sweep(tmp_path, *FEW, "hydra/launcher=parallel", "mode=nomreg,augreg", "gamma=0.1,1", "seed=0,1")
-    assert len(results) == 8 and all(r["status"] == "completed" for r in results)
+    results = sweep(tmp_path, *FEW, "hydra/launcher=parallel", "mode=nomreg,augreg", "gamma=0.1,1")
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results)
     assert sorted({(r["hparams"]["mode"], r["hparams"]["gamma"]) for r in results}) == [
         ("augreg", 0.1), ("augreg", 1.0), ("nomreg", 0.1), ("nomreg", 1.0),
     ]  # fmt: skip
     threads = {p.read_text().split("threads: ")[1].split()[0] for p in (tmp_path / "sweep").glob("*/config.yaml")}
     assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
     names = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert names[0] == "0_gamma=0.1,max_steps=4,mode=nomreg,seed=0"  # job directories named by overrides
+    assert names[0] == "0_gamma=0.1,max_steps=4,mode=nomreg"  # job directories named by overrides
 
 
 @pytest.mark.slow
@@ -180,6 +181,7 @@ def test_stop_signal_hands_over_to_the_previous_handler_after_the_checkpoint():
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.slow
 def test_checkpoints_load_weights_only(run_train):
     run = run_train(*TINY, "max_steps=3")
     state = torch.load(run.dir / "checkpoint.pt", weights_only=True)

@@ -45,6 +45,7 @@ def test_unregularized_modes_log_zero_regularizer(run_train):
     assert reg == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(run_train):
     a = run_train(*TINY, "mode=augreg", "max_steps=15").metrics()
     b = run_train(*TINY, "mode=augreg", "max_steps=15").metrics()

@@ -13,6 +13,8 @@ from eqtrain.geometry.group import Group
 from eqtrain.geometry.projection import LayerSpace
 from eqtrain.geometry.support import make_support
 
+from ..helpers import fast_first
+
 BASE = ("dataset.train_limit=200", "dataset.test_limit=50", "epochs=100", "init.scheme=perturbed_equivariant")
 ON_E = ("init.sigma=0",)  # A₀ = the equivariant network itself: exactly on E
 
@@ -26,7 +28,7 @@ def rel_distance(weights_a, weights_b) -> float:
 # statement measures 4.5e-6 / 8.5e-15 on this subset, and other seeds or data orders reach
 # ~1e-4 / ~2e-13: round-off amplified ~1000x by the dynamics in both precisions alike. The
 # tolerances keep a margin over that, and stay 10^4 below a real departure (§5.3: ~0.1 per step).
-@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-13)])
+@pytest.mark.parametrize("dtype,tol", fast_first([("float32", 2e-5), ("float64", 1e-13)]))
 def test_5_1_e_is_invariant_under_orbit_augmented_sgd(run_train, dtype, tol):
     run = run_train(*BASE, *ON_E, "mode=augmented", "augment=orbit", "lr=0.05", "max_steps=120", f"dtype={dtype}")
     steps, rel = run.scalars("dist_to_E_rel/total")
@@ -34,7 +36,7 @@ def test_5_1_e_is_invariant_under_orbit_augmented_sgd(run_train, dtype, tol):
     assert max(rel) <= tol
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("dtype,tol", fast_first([("float32", 1e-5), ("float64", 1e-12)]))
 def test_5_2_augmented_and_equivariant_dynamics_coincide_on_e(run_train, dtype, tol):
     """SPEC §5.2 at the paper's lr 1e-3 over 120 steps: the same weights up to round-off."""
     common = (*BASE, *ON_E, "lr=0.001", "max_steps=120", f"dtype={dtype}")
@@ -74,18 +76,23 @@ def test_5_4_regularization_makes_e_an_attractor(run_train):
     assert contraction_rate(run_train(*common, "mode=augmented")) > -0.01
 
 
+@pytest.mark.slow
 def test_5_4_too_large_gamma_for_the_step_oscillates_away(run_train):
     """|1 − lr(λ+γ)| > 1 once γ > 2/lr − λ_max: γ = 250 at lr 0.01 grows d by ~1.5 per step."""
     run = run_train(*BASE, "augment=orbit", f"lr={LR}", "max_steps=60", "mode=augreg", "gamma=250")
     assert contraction_rate(run) == pytest.approx(math.log(abs(1 - LR * 250)), rel=0.15)
 
 
+@pytest.mark.slow  # the mechanism below is the fast check of §5.5
 def test_5_5_incompatible_support_leaves_e(run_train):
-    """SPEC §5.5: with ω skewed, orbit-augmented training from E leaves E; with ω cross it does not."""
-    common = (*BASE, *ON_E, "mode=augmented", "augment=orbit", "lr=0.05", "max_steps=60")
+    """SPEC §5.5: with ω skewed, orbit-augmented training from E leaves E; with ω cross it does not.
+
+    In float64: in float32 the compatible control's round-off, amplified as in §5.1, depends on the
+    thread count (4.5e-5 with one torch thread, under 2e-5 with two), which is not what §5.5 is about."""
+    common = (*BASE, *ON_E, "mode=augmented", "augment=orbit", "lr=0.05", "max_steps=60", "dtype=float64")
     skewed = max(run_train(*common, "model.support=skewed").scalars("dist_to_E_rel/total")[1])
     cross = max(run_train(*common, "model.support=cross").scalars("dist_to_E_rel/total")[1])
-    assert cross <= 2e-5  # the compatible control stays at round-off (as in §5.1)
+    assert cross <= 1e-13  # the compatible control stays at round-off (float64 bound of §5.1)
     assert skewed >= 1e-2
 
 

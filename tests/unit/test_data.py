@@ -5,10 +5,12 @@ import torch
 
 from eqtrain.data.datasets import DataUnavailable, load_dataset
 
-from ..helpers import make_config, make_mnist
+from ..helpers import fast_first, make_config, make_mnist
 
 
-@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+@pytest.mark.parametrize(
+    "name,folder", fast_first([("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+)
 def test_mnist_family_loads_idx_files_from_data_dir(tmp_path, name, folder):
     files = make_mnist(tmp_path, folder)
     data = load_dataset(make_config(f"dataset={name}", f"dataset.data_dir={tmp_path}").dataset)
@@ -33,6 +35,20 @@ def test_digits_default_is_28x28_in_unit_range_with_a_fixed_stratified_split():
     assert counts.min() >= 28 and counts.max() <= 31  # stratified: ~29.7 per class
     again = load_dataset(make_config("seed=5").dataset)
     assert torch.equal(again.x_train, data.x_train)  # the split does not depend on the run's seed
+
+
+def test_digits_are_scikit_learns_data_and_split_read_without_importing_it():
+    """The file read and the shipped split equal what scikit-learn's own loader and split give."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    train, test = train_test_split(range(1797), test_size=297, stratify=bunch.target, random_state=0)
+    data = load_dataset(make_config("dataset.image_size=null").dataset)
+    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
+    assert torch.equal(data.x_train, x[train]) and torch.equal(data.x_test, x[test])
+    assert torch.equal(data.y_train, torch.tensor(bunch.target)[train])
+    assert torch.equal(data.y_test, torch.tensor(bunch.target)[test])
 
 
 def test_limits_and_native_size():
