@@ -231,17 +231,9 @@ def analyze(
     the distance to E, and the two stability verdicts (a λ_min ≥ −rtol·max|λ| counts as ≥ 0).
     ``chunk`` bounds the augmented images per double-backward pass (memory, not the result).
     """
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr={lr!r} is not valid: use a finite number > 0")
-    if samples < 1 or iterations < 1:
-        raise ValueError(f"samples={samples} and iterations={iterations} must be positive ints")
+    _check(lr, samples, iterations)
     samples = min(samples, len(data.y_train))
-    orthogonal = all(_orthonormal_rows(m.basis) for m in model.maps)
-    if not orthogonal:
-        log.warning(
-            "model.parametrization is not orthogonal: SGD on its coordinates follows another geometry than "
-            "the weight-space Hessian analysed here, so the gamma window of SPEC §5.4 is only indicative (§3)"
-        )
+    orthogonal = _orthogonal(model)
     x, y = data.x_train[:samples], data.y_train[:samples]
     risk = AugmentedRisk(model, x, y, group, dtype, data_scale, chunk, seed_index)
     dim_e, dim_perp = risk.dims()
@@ -272,6 +264,24 @@ def analyze(
         "seed": seed,
         "dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def _check(lr: float, samples: int, iterations: int) -> None:
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} is not valid: use a finite number > 0")
+    if samples < 1 or iterations < 1:
+        raise ValueError(f"samples={samples} and iterations={iterations} must be positive ints")
+
+
+def _orthogonal(model: EqCNN) -> bool:
+    """Whether every parametrization is orthogonal; if not, say what that means for the γ window."""
+    orthogonal = all(_orthonormal_rows(m.basis) for m in model.maps)
+    if not orthogonal:
+        log.warning(
+            "model.parametrization is not orthogonal: SGD on its coordinates follows another geometry than "
+            "the weight-space Hessian analysed here, so the gamma window of SPEC §5.4 is only indicative (§3)"
+        )
+    return orthogonal
 
 
 @torch.no_grad()

@@ -90,7 +90,6 @@ def figure(groups: dict[Key, list[Run]], tag: str = DEFAULT_TAG) -> Figure:
     gammas = sorted({gamma for *_, gamma in groups if gamma > 0}) or [0.0]
     lines = sorted({(mode, schedule) for mode, schedule, _ in groups})
     colour = {line: f"C{i % 10}" for i, line in enumerate(lines)}
-    label = line_label(groups)
     ncols = min(len(gammas), MAX_COLUMNS)
     nrows = math.ceil(len(gammas) / ncols)
     # Figure + Agg canvas rather than pyplot: no display and no global backend switch
@@ -98,26 +97,8 @@ def figure(groups: dict[Key, list[Run]], tag: str = DEFAULT_TAG) -> Figure:
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     for ax, gamma in zip(axes, gammas):
-        positive = False
-        for (mode, schedule, g), runs in groups.items():
-            if g != gamma and g != 0:
-                continue
-            for run in runs:
-                if tag in run.scalars:
-                    steps, values = run.scalars[tag]
-                    positive = positive or bool(np.any(values > 0))
-                    # rasterized: a 30-seed sweep has millions of points, too many for a vector PDF
-                    style = ":" if run.diverged else "-"
-                    ax.plot(steps, values, style, color=colour[mode, schedule], lw=0.6, alpha=0.3, rasterized=True)
-            median = median_curve([r for r in runs if not r.diverged], tag)
-            if median is not None:
-                ax.plot(*median, color=colour[mode, schedule], lw=2.0)
-        if not positive:  # say why the panel is empty rather than leave the reader guessing
-            ax.text(
-                0.5, 0.5, f"no positive {tag}:\nnothing to show on a log scale", transform=ax.transAxes, ha="center"
-            )
+        _panel(ax, {key: runs for key, runs in groups.items() if key[2] in (gamma, 0)}, tag, colour)
         ax.set_title(f"γ = {gamma:g}")
-        ax.grid(True, which="major", alpha=0.3)
     # once, after all panels are drawn: the shared y axis then scales to all data, and a panel
     # whose values are all 0 (d(A) of the equivariant mode) does not warn on its own
     axes[0].set_yscale("log", nonpositive="mask")
@@ -128,24 +109,41 @@ def figure(groups: dict[Key, list[Run]], tag: str = DEFAULT_TAG) -> Figure:
         ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[::ncols]:
         ax.set_ylabel(tag)
-
-    def legend(line: tuple[str, str]) -> str:  # a mode exactly on E has nothing to draw on a log scale: say so
-        values = [
-            v
-            for (m, s, _), runs in groups.items()
-            if (m, s) == line
-            for r in runs
-            for v in r.scalars.get(tag, ((), ()))[1]
-        ]
-        return f"{label(line)} (= 0: on E)" if values and max(values) <= 0 else label(line)
-
-    handles = [Line2D([], [], color=colour[line], lw=2.0, label=legend(line)) for line in lines]
+    handles = [Line2D([], [], color=colour[line], lw=2.0, label=_legend(groups, tag, line)) for line in lines]
     handles += [
         Line2D([], [], color="grey", lw=0.6, alpha=0.6, label="one seed"),
         Line2D([], [], color="grey", lw=2.0, label="median over seeds"),
     ]
     fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4), frameon=False)
     return fig
+
+
+def _panel(ax, groups: dict[Key, list[Run]], tag: str, colour: dict[tuple[str, str], str]) -> None:
+    """The runs of one γ panel: each faint (dotted if diverged), the median of the finished ones bold."""
+    positive = False
+    for (mode, schedule, _), runs in groups.items():
+        for run in runs:
+            if tag in run.scalars:
+                steps, values = run.scalars[tag]
+                positive = positive or bool(np.any(values > 0))
+                # rasterized: a 30-seed sweep has millions of points, too many for a vector PDF
+                style = ":" if run.diverged else "-"
+                ax.plot(steps, values, style, color=colour[mode, schedule], lw=0.6, alpha=0.3, rasterized=True)
+        median = median_curve([r for r in runs if not r.diverged], tag)
+        if median is not None:
+            ax.plot(*median, color=colour[mode, schedule], lw=2.0)
+    if not positive:  # say why the panel is empty rather than leave the reader guessing
+        ax.text(0.5, 0.5, f"no positive {tag}:\nnothing to show on a log scale", transform=ax.transAxes, ha="center")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _legend(groups: dict[Key, list[Run]], tag: str, line: tuple[str, str]) -> str:
+    """A line's label; a mode exactly on E has nothing to draw on a log scale: say so."""
+    values = [
+        v for (m, s, _), runs in groups.items() if (m, s) == line for r in runs for v in r.scalars.get(tag, ((), ()))[1]
+    ]
+    label = line_label(groups)(line)
+    return f"{label} (= 0: on E)" if values and max(values) <= 0 else label
 
 
 # --- the command -------------------------------------------------------------------------------

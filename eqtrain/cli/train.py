@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType, ValueType
 from hydra.core.plugins import Plugins
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -59,6 +60,11 @@ register_configs()
 # What a user can fix: a bad value (ConfigError, DataUnavailable and CheckpointError are ValueErrors),
 # a missing file, a full disk or an unwritable directory (OSError).
 USER_ERRORS = (ValueError, OSError)
+
+
+class JobFailed(CompactHydraException):
+    """A sweep's job stopped on a user error. Hydra prints a compact exception as its message alone, so
+    the end of the sweep names the job's overrides and this one line, without a traceback."""
 
 
 def message_of(err: Exception) -> str:
@@ -215,7 +221,7 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("%s", message_of(err))  # the job fails, the sweep goes on; Hydra reports it at the end
-            raise
+            raise JobFailed(f"eqtrain: error: {message_of(err)}") from None
         fail(message_of(err))
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         print(

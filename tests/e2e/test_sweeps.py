@@ -1,5 +1,6 @@
 """Presets, the twin, launchers and the Optuna search (paper reproduction issue)."""
 
+import csv
 import json
 import math
 import os
@@ -244,3 +245,44 @@ def test_paper_sweep_is_nine_jobs_of_all_seeds_and_plots(tmp_path):
     assert plot([str(tmp_path / "sweep")]) == 0
     table = (tmp_path / "sweep" / "summary.md").read_text()
     assert table.count("| equivariant |") == 1 and table.count("| augreg |") == 4 and table.count("| nomreg |") == 4
+
+
+def test_accuracy_study_preset_composes():
+    """SPEC §10: one sweep on the same data and seeds, the paper CNN on digits, 10 seeds per job."""
+    with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
+        cfg = compose("config", ["experiment=accuracy_study"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.mode == "equivariant,augmented,nominal,augreg" and params.gamma == "0.01,0.1,1,10"
+    assert params.gamma_schedule == "constant,exp" and "GridSweeper" in cfg.hydra.sweeper._target_
+    assert (cfg.dataset.name, cfg.model.name, cfg.seeds, cfg.epochs, cfg.lr) == ("digits", "paper_cnn", 10, 12, 0.05)
+    assert (cfg.gamma_start, cfg.gamma_ramp_epochs) == (0.001, 6)
+
+
+@pytest.mark.slow
+def test_accuracy_study_runs_end_to_end_and_plots_against_gamma(tmp_path):
+    """The study on a tiny budget: 11 jobs (the γ-free modes once, augreg at 4 γ constant and ramped),
+    then eqtrain-plot --vs gamma reads them all back."""
+    from eqtrain.cli.plot import main as plot
+
+    runs = sweep(tmp_path, "experiment=accuracy_study", "seeds=2", "max_steps=2", "dataset.train_limit=40",
+                 "dataset.test_limit=20")  # fmt: skip
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 11 and len(runs) == 22  # 3 modes without γ + 4 γ x 2 schedules, 2 seeds each
+    assert sum("mode=augreg" in j for j in jobs) == 8
+    assert plot([str(tmp_path / "sweep"), "--vs", "gamma"]) == 0
+    with (tmp_path / "sweep" / "vs_gamma_acc_test_orbit.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 11 and all(row["n"] == "2" for row in rows)
+
+
+@pytest.mark.slow
+def test_a_job_stopped_by_a_user_error_ends_the_sweep_in_one_line_without_a_traceback(tmp_path):
+    """Every job runs and logs its error; the sweep then exits non-zero naming the job, without a traceback."""
+    proc = subprocess.run(
+        [EQTRAIN, "-m", *FEW, "model=gcnn", "init.scheme=reference", "mode=augreg,nomreg", f"hydra.sweep.dir={tmp_path}/s"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stdout.count("[eqtrain][ERROR] - init.scheme='reference' is not valid") == 2  # both jobs ran
+    assert "Error executing job with overrides" in proc.stderr and "eqtrain: error: init.scheme=" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
