@@ -109,7 +109,8 @@ def figure(groups: dict[Key, list[Run]], tag: str = DEFAULT_TAG) -> Figure:
         ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[::ncols]:
         ax.set_ylabel(tag)
-    handles = [Line2D([], [], color=colour[line], lw=2.0, label=_legend(groups, tag, line)) for line in lines]
+    label = line_label(groups)
+    handles = [Line2D([], [], color=colour[line], lw=2.0, label=_legend(groups, tag, line, label)) for line in lines]
     handles += [
         Line2D([], [], color="grey", lw=0.6, alpha=0.6, label="one seed"),
         Line2D([], [], color="grey", lw=2.0, label="median over seeds"),
@@ -137,12 +138,13 @@ def _panel(ax, groups: dict[Key, list[Run]], tag: str, colour: dict[tuple[str, s
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _legend(groups: dict[Key, list[Run]], tag: str, line: tuple[str, str]) -> str:
-    """A line's label; a mode exactly on E has nothing to draw on a log scale: say so."""
+def _legend(groups: dict[Key, list[Run]], tag: str, line: tuple[str, str], label_of) -> str:
+    """A line's label (``label_of``: ``line_label(groups)``); a mode exactly on E has nothing to draw on a
+    log scale: say so."""
     values = [
         v for (m, s, _), runs in groups.items() if (m, s) == line for r in runs for v in r.scalars.get(tag, ((), ()))[1]
     ]
-    label = line_label(groups)(line)
+    label = label_of(line)
     return f"{label} (= 0: on E)" if values and max(values) <= 0 else label
 
 

@@ -219,10 +219,11 @@ def main(cfg: DictConfig) -> float | None:
         run_dir = HydraConfig.get().runtime.output_dir
         result = train(settings, run_dir)
     except USER_ERRORS as err:
+        message = message_of(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("%s", message_of(err))  # the job fails, the sweep goes on; Hydra reports it at the end
-            raise JobFailed(f"eqtrain: error: {message_of(err)}") from None
-        fail(message_of(err))
+            log.error("%s", message)  # the job fails, the sweep goes on; Hydra reports it at the end
+            raise JobFailed(f"eqtrain: error: {message}") from None
+        fail(message)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         print(
             run_summary(
