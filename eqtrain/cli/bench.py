@@ -2,9 +2,11 @@
 
 The floor is a plain ``torch.nn`` CNN with the model's channel counts (``nn.Conv2d`` /
 ``nn.Linear``, plain SGD; no projection, no augmentation, no logging). Each eqtrain mode runs the
-real ``sgd_step`` with the per-step SPEC §7 scalars logged into a real event file. All variants
-are measured in one process, interleaved round by round so that machine noise cancels, and the
-median over rounds is reported. Prints a table and one JSON line.
+real ``sgd_step`` with the per-step SPEC §7 scalars logged into a real event file (the distances
+of a round's steps measured, as the loop's step log does, inside the round's time). All variants
+are measured in one process, round by round, each right after a run of the floor; the ratio to
+the floor is the median over rounds of the ratio within each pair, so machine noise between
+rounds cancels. Prints a table and one JSON line.
 
 ``--model`` picks the model preset (configs/model/): the paper CNN by default, ``gcnn`` for the
 G-CNN of SPEC §9, timed against a floor of its own channel counts (16 channels under C4).
@@ -31,9 +33,10 @@ from ..nets.cnn import EqCNN, build_model
 from ..nets.init import initial_weights_of_seeds
 from ..run.tblog import RunLogger
 from ..schema import ModelConfig
-from ..training.metrics import step_rows, step_tags
+from ..training.metrics import step_tags
 from ..training.modes import MODES, Dynamics
 from ..training.step import sgd_step
+from ..training.steplog import StepLog
 
 
 def variants() -> list[tuple[str, str | None, Dynamics]]:
@@ -96,8 +99,9 @@ def make_eqtrain(
     gens = [torch.Generator().manual_seed(k) for k in range(seeds)]
     alive = torch.ones(seeds, dtype=torch.bool)
     loggers = [RunLogger(f"{logdir}/{k}") for k in range(seeds)]
+    log = StepLog(model.space, loggers, step_tags(model.layer_names), 1.0)
     gamma = 0.1 if dyn.regularize else 0.0
-    tags = step_tags(model.layer_names)
+    stopped = [False] * seeds
     n = len(y_all)
 
     def step(i: int) -> None:
@@ -106,11 +110,17 @@ def make_eqtrain(
         if augmenter is not None:
             x, y = augmenter.seeds(x, y, gens)
         result = sgd_step(model, x, y, 1e-3, gamma, 1.0, alive)
-        rows = step_rows(result.loss, result.distances.values, gamma, 1.0)
-        for logger, row in zip(loggers, rows):
-            logger.log_step(i, tags, row)
+        log.add(i, result.loss, result.weights, gamma, stopped)
 
-    return step, loggers
+    return step, (log, loggers)
+
+
+def close(log: tuple[StepLog, list[RunLogger]] | None) -> None:
+    """Write what a variant's step log holds, and close its event files (the floor has none)."""
+    if log is not None:
+        log[0].flush()
+        for logger in log[1]:
+            logger.close()
 
 
 def measure_ensemble(
@@ -120,17 +130,21 @@ def measure_ensemble(
     x_all, y_all = torch.rand(2000, *SHAPE), torch.randint(0, CLASSES, (2000,))
     augreg = MODES["augreg"]
     with tempfile.TemporaryDirectory() as tmp:
-        ensemble, loggers = make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/e", n_seeds, model_cfg)
+        ensemble, ensemble_log = make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/e", n_seeds, model_cfg)
         singles = [
             make_eqtrain(x_all, y_all, batch, "random", augreg, f"{tmp}/{k}", 1, model_cfg) for k in range(n_seeds)
         ]
 
         def together(i: int) -> None:
             ensemble(i)
+            if i % steps == steps - 1:  # the round's distances are measured inside its time
+                ensemble_log[0].flush()
 
         def apart(i: int) -> None:
-            for step, _ in singles:
+            for step, log in singles:
                 step(i)
+                if i % steps == steps - 1:
+                    log[0].flush()
 
         times: dict[str, list[float]] = {"ensemble": [], "sequential": []}
         for fn in (together, apart):
@@ -142,40 +156,61 @@ def measure_ensemble(
                 for i in range(steps):
                     fn(r * steps + i)
                 times[name].append((time.perf_counter() - start) / steps)
-        for logger in [*loggers, *(lg for _, group in singles for lg in group)]:
-            logger.close()
+        for log in [ensemble_log, *(log for _, log in singles)]:
+            close(log)
     return {name: n_seeds / statistics.median(t) for name, t in times.items()}
 
 
-def measure(batch: int, steps: int, rounds: int, warmup: int, model_cfg: ModelConfig | None = None) -> dict[str, float]:
-    """Median seconds per step of each variant, interleaved round by round."""
+def measure(
+    batch: int, steps: int, rounds: int, warmup: int, model_cfg: ModelConfig | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per step of the floor and of each variant, and each variant's median ratio to the floor.
+
+    Every round times each variant right after a run of the floor, and the ratio is taken within
+    that pair: a machine that speeds up or slows down between rounds moves both alike.
+    """
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     x_all, y_all = torch.rand(2000, *SHAPE), torch.randint(0, CLASSES, (2000,))
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {"floor": make_floor(x_all, y_all, batch, model_cfg)}
-        for name, augment, dyn in variants():
-            runners[name] = make_eqtrain(x_all, y_all, batch, augment, dyn, f"{tmp}/{name}", 1, model_cfg)
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for step, _ in runners.values():
+        floor, _ = make_floor(x_all, y_all, batch, model_cfg)
+        runners = {
+            name: make_eqtrain(x_all, y_all, batch, augment, dyn, f"{tmp}/{name}", 1, model_cfg)
+            for name, augment, dyn in variants()
+        }
+        for step in [floor, *(step for step, _ in runners.values())]:
             for i in range(warmup):
                 step(i)
+        times: dict[str, list[float]] = {name: [] for name in ["floor", *runners]}
+        ratios: dict[str, list[float]] = {name: [] for name in runners}
         for r in range(rounds):
-            for name, (step, _) in runners.items():
-                start = time.perf_counter()
-                for i in range(steps):
-                    step(r * steps + i)
-                times[name].append((time.perf_counter() - start) / steps)
-        for _, loggers in runners.values():
-            for logger in loggers or ():
-                logger.close()
-    return {name: statistics.median(t) for name, t in times.items()}
+            for name, (step, log) in runners.items():
+                times["floor"].append(timed(floor, r, steps))
+                times[name].append(timed(step, r, steps, log[0]))
+                ratios[name].append(times[name][-1] / times["floor"][-1])
+        for _, log in runners.values():
+            close(log)
+    return {name: statistics.median(t) for name, t in times.items()}, {
+        name: statistics.median(r) for name, r in ratios.items()
+    }
+
+
+def timed(step, r: int, steps: int, log: StepLog | None = None) -> float:
+    """Seconds per step of ``steps`` steps of round r; a step log's distances are measured inside the time."""
+    start = time.perf_counter()
+    for i in range(steps):
+        step(r * steps + i)
+    if log is not None:
+        log.flush()
+    return (time.perf_counter() - start) / steps
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="eqtrain-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--steps", type=int, default=100, help="steps per round and variant")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--steps", type=int, default=50, help="steps per round and variant (and of the floor before it)"
+    )
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=8, help="ensemble size for the seeds=N comparison (0: skip)")
@@ -188,17 +223,17 @@ def main(argv: list[str] | None = None) -> None:
     report["cpu"] = platform.processor() or platform.machine()
     report["model"] = args.model
     for batch in args.batch:
-        med = measure(batch, args.steps, args.rounds, args.warmup, model_cfg)
+        med, ratio = measure(batch, args.steps, args.rounds, args.warmup, model_cfg)
         floor = med.pop("floor")
         print(
             f"\nmodel={args.model}, batch {batch}: floor {floor * 1e3:.3f} ms/step (plain torch.nn CNN, SGD, no logging)"
         )
         print(f"{'mode':<20}{'ms/step':>10}{'x floor':>10}")
         for name, t in med.items():
-            print(f"{name:<20}{t * 1e3:>10.3f}{t / floor:>10.2f}")
+            print(f"{name:<20}{t * 1e3:>10.3f}{ratio[name]:>10.2f}")
         report["results"][str(batch)] = {
             "floor_ms": round(floor * 1e3, 4),
-            "ratio_to_floor": {name: round(t / floor, 3) for name, t in med.items()},
+            "ratio_to_floor": {name: round(r, 3) for name, r in ratio.items()},
         }
     if args.seeds:
         rates = measure_ensemble(

@@ -65,7 +65,7 @@ class LayerSpace(nn.Module):
             return
         self.joint = False
         orbit = perms.min(dim=0).values  # orbit label of every position
-        labels = orbit.unique()
+        labels, position_orbit = orbit.unique(return_inverse=True)
         indicator = (orbit[:, None] == labels[None, :]).double()  # (s, n_orbits)
         # Π_H: average over each orbit (the group average of SPEC §2), as an s×s matrix.
         p_h = indicator @ (indicator / indicator.sum(0)).T
@@ -83,6 +83,9 @@ class LayerSpace(nn.Module):
         # distance of exactly 0 and the regularizer injects no round-off off E (SPEC §2).
         self.register_buffer("p_perp", torch.eye(h * w, dtype=torch.float64) - p_e, persistent=False)
         self.register_buffer("orbit_sizes", indicator.sum(0)[inside].to(dtype), persistent=False)
+        # Each position's orbit (0 .. n_orbits-1) and Π_E's weight per orbit, for ``entry_orbits``.
+        self.register_buffer("position_orbit", position_orbit, persistent=False)
+        self.register_buffer("position_mean_e", inside / indicator.sum(0), persistent=False)  # float64
 
     def _joint_orbits(
         self, perms: torch.Tensor, omega_g: torch.Tensor, out_type: FieldType, in_type: FieldType, dtype: torch.dtype
@@ -104,6 +107,7 @@ class LayerSpace(nn.Module):
         # Π_H A = the mean of each orbit, put back on its entries; Π_E the same on ω_G, 0 off it.
         self.register_buffer("orbit_mean_h", (1 / sizes).to(dtype), persistent=False)
         self.register_buffer("orbit_mean_e", (inside / sizes).to(dtype), persistent=False)
+        self.register_buffer("orbit_mean_e64", inside / sizes, persistent=False)  # float64, for ``entry_orbits``
         # E's orbit basis: orbits inside ω_G numbered 0 .. dim E − 1 in order; an entry outside gets weight 0.
         rank = torch.cumsum(inside.long(), 0) - 1
         self.register_buffer("orbit_labels", rank[orbit].clamp_min(0), persistent=False)  # (out·in·s,)
@@ -112,6 +116,20 @@ class LayerSpace(nn.Module):
         self.register_buffer("orbit_sizes", sizes[inside].to(dtype), persistent=False)
         self.basis_e = None  # E's basis is the orbit labels: see ``OrbitBasis``
         self._dim_e = int(inside.sum())
+
+    def entry_orbits(self, out_dim: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every entry's orbit and Π_E's weight per orbit, for a layer of ``out_dim`` × ``in_dim`` channels.
+
+        Returns (labels, mean_e): labels (out·in·s,) numbers the orbits of the flat index 0 .. n − 1;
+        mean_e (n,), float64, is 1/|orbit| for the orbits inside ω_G and 0 for the others, so that
+        Π_E A is each orbit's sum times mean_e, put back on its entries (SPEC §2, §9).
+        """
+        if self.joint:
+            self.dim_e(out_dim, in_dim)  # checks the channel counts
+            return self.orbit_of, self.orbit_mean_e64
+        pairs = torch.arange(out_dim * in_dim, device=self.position_orbit.device)
+        n = len(self.position_mean_e)
+        return (pairs[:, None] * n + self.position_orbit).reshape(-1), self.position_mean_e.repeat(out_dim * in_dim)
 
     @property
     def size(self) -> int:
@@ -165,8 +183,8 @@ class LayerSpace(nn.Module):
         return a @ self.p_e if not self.joint else self._orbit_average(a, self.orbit_mean_e)
 
     def project_perp(self, a: torch.Tensor) -> torch.Tensor:
-        """Π_{E⊥} = I − Π_E, exact for float32 A (computed in float64). This runs every step: one small
-        product (or one scatter-add and gather) per layer."""
+        """Π_{E⊥} = I − Π_E, exact for float32 A (computed in float64): one small product (or one
+        scatter-add and gather). The training step does all layers at once (``NetworkSpace``)."""
         wide = a if a.dtype == torch.float64 else a.double()
         perp = wide @ self.p_perp if not self.joint else wide - self._orbit_average(wide, self.orbit_mean_e)
         return perp.to(a.dtype)

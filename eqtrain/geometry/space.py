@@ -4,10 +4,11 @@ Weights A = (A_1, …, A_n) carry a leading seed axis: layer i is a tensor of sh
 for an ensemble of N seeds (N = 1 for a single run). Every projection acts on the last axes, so
 it is the same computation for one seed or thirty.
 
-Π_{E⊥}A runs every step. Layers whose channels G leaves in place take one small product each;
-the layers whose channels G permutes (regular fibers, SPEC §9) are done together, as one
-scatter-add of all their entries into their orbits and one gather back, so a G-CNN pays for
-three kernels per step, not three per layer.
+Π_{E⊥}A (every step of a regularized mode) and the distances (every logged step, measured in
+batches of steps) are done on the whole network at once, on the flat vector of all its entries
+(``flatten``). Every entry of every layer carries its orbit's label (G acts on each layer's index
+triples; SPEC §2, §9), so Π_{E⊥} of the whole network is one scatter-add of the entries into their
+orbits and one gather back, however many layers there are.
 """
 
 from __future__ import annotations
@@ -58,23 +59,27 @@ class Distances:
 
 
 class NetworkSpace(nn.Module):
-    """The subspaces L, E and E⊥ of a whole network: one ``LayerSpace`` per learnable map, named."""
+    """The subspaces L, E and E⊥ of a whole network: one ``LayerSpace`` per learnable map, named.
 
-    def __init__(self, names: Sequence[str], spaces: Sequence[LayerSpace]) -> None:
+    ``channels`` gives each layer's (out, in) channel counts: with them every entry of the network
+    has an orbit label (see the module docstring).
+    """
+
+    def __init__(self, names: Sequence[str], spaces: Sequence[LayerSpace], channels: Sequence[tuple[int, int]]) -> None:
         super().__init__()
-        if len(names) != len(spaces):
-            raise ValueError("one name per layer space")
+        if not len(names) == len(spaces) == len(channels):
+            raise ValueError("one name and one (out, in) pair per layer space")
         self.names = tuple(names)
         self.layers = nn.ModuleList(spaces)
-        # The joint-orbit layers' labels, offset into one numbering (see the module docstring).
-        self.joint = [i for i, space in enumerate(spaces) if space.joint]
-        if self.joint:
-            joint = [spaces[i] for i in self.joint]
-            offsets = torch.tensor([0, *(len(s.orbit_mean_e) for s in joint)]).cumsum(0)
-            orbits = torch.cat([s.orbit_of + offset for s, offset in zip(joint, offsets)])
-            self.register_buffer("joint_orbit_of", orbits, persistent=False)
-            self.register_buffer("joint_mean_e", torch.cat([s.orbit_mean_e for s in joint]), persistent=False)
-            self.joint_sizes = [len(s.orbit_of) for s in joint]
+        self.sizes = [o * i * space.size for space, (o, i) in zip(spaces, channels)]  # entries per layer
+        labels, means, offset = [], [], 0
+        for space, (o, i) in zip(spaces, channels):
+            label, mean_e = space.entry_orbits(o, i)
+            labels.append(label + offset)
+            means.append(mean_e)
+            offset += len(mean_e)
+        self.register_buffer("orbit_of", torch.cat(labels), persistent=False)  # (P,): every entry's orbit
+        self.register_buffer("mean_e", torch.cat(means).double(), persistent=False)  # (n_orbits,)
 
     def __iter__(self):
         return iter(self.layers)
@@ -82,37 +87,75 @@ class NetworkSpace(nn.Module):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def flatten(self, weights: Weights) -> torch.Tensor:
+        """The flat vector of every entry of A: (..., P) from one (..., out, in, s) tensor per layer."""
+        if len(weights) != len(self.layers):
+            raise ValueError(f"{len(weights)} weight tensors for {len(self.layers)} layers")
+        return torch.cat([a.flatten(-3) for a in weights], dim=-1)
+
+    def unflatten(self, flat: torch.Tensor, like: Weights) -> list[torch.Tensor]:
+        """The per-layer views of a flat (..., P) vector, shaped as ``like``."""
+        return [part.view(a.shape) for part, a in zip(flat.split(self.sizes, dim=-1), like, strict=True)]
+
+    def perp_flat(self, flat: torch.Tensor) -> torch.Tensor:
+        """Π_{E⊥} of a flat (..., P) vector, in float64 whatever its dtype (SPEC §2).
+
+        An orbit's entries are summed in float64, where float32 values add exactly; the weights of
+        Π_E are 1/|orbit| (orbits of 1, 2, 4 or 8 entries: exact in binary), so weights on E have a
+        distance of exactly 0 and the regularizer injects no round-off off E.
+        """
+        wide = flat if flat.dtype == torch.float64 else flat.double()
+        orbit = self.orbit_of
+        sums = wide.new_zeros(*wide.shape[:-1], len(self.mean_e)).index_add_(-1, orbit, wide).mul_(self.mean_e)
+        return wide - sums.gather(-1, orbit.expand(wide.shape))
+
     def project_e(self, weights: Weights) -> list[torch.Tensor]:
         """Π_E A, layer by layer (SPEC §2)."""
         return [space.project_e(a) for space, a in zip(self.layers, weights, strict=True)]
 
     def project_perp(self, weights: Weights) -> list[torch.Tensor]:
-        """Π_{E⊥} A = A − Π_E A, layer by layer (SPEC §2): one small product per layer, or the joint-orbit layers together."""
-        if not self.joint:
-            return [space.project_perp(a) for space, a in zip(self.layers, weights, strict=True)]
-        if len(weights) != len(self.layers):
-            raise ValueError(f"{len(weights)} weight tensors for {len(self.layers)} layers")
-        out = [None if space.joint else space.project_perp(a) for space, a in zip(self.layers, weights)]
-        flat = torch.cat([weights[i].flatten(-3) for i in self.joint], dim=-1).double()  # exact, as the layers'
-        orbit = self.joint_orbit_of
-        sums = flat.new_zeros(*flat.shape[:-1], len(self.joint_mean_e)).index_add_(-1, orbit, flat)
-        perp = (flat - sums.mul_(self.joint_mean_e).gather(-1, orbit.expand(flat.shape))).to(weights[0].dtype)
-        for i, part in zip(self.joint, perp.split(self.joint_sizes, dim=-1)):
-            out[i] = part.view(weights[i].shape)
-        return out
+        """Π_{E⊥} A = A − Π_E A, per layer, in the weights' dtype (SPEC §2)."""
+        perp = self.perp_flat(self.flatten(weights)).to(weights[0].dtype)
+        return self.unflatten(perp, weights)
 
-    def distances(self, weights: Weights, perps: Weights | None = None) -> Distances:
+    def distances_flat(self, flat: torch.Tensor, perp: torch.Tensor) -> Distances:
+        """The ``Distances`` of flat weights A (R, P), one row per seed (or per seed and step), given
+        ``perp`` = ``perp_flat(flat)`` (float64).
+
+        Every row is reduced on its own, in pieces short enough for one thread, so a row's
+        distances do not depend on the other rows: a step's log is the same computed alone or with
+        others (a resumed run's curves equal an uninterrupted run's bit for bit).
+        """
+        n = len(self.layers)
+        squares = perp.square()
+        layers = torch.stack([_row_sums(part) for part in squares.split(self.sizes, dim=-1)], dim=-1)
+        total = _row_sums(layers)
+        norm_a = _row_sums(flat.to(perp.dtype).square()).sqrt_()
+        values = torch.cat([layers, total[:, None]], dim=-1).sqrt_()
+        return Distances(torch.cat([values, values[:, n:] / norm_a[:, None]], dim=-1), self.names)
+
+    def distances(self, weights: Weights) -> Distances:
         """d(A) per layer and in total, and d(A)/‖A‖, for every seed (weights are (N, out, in, s)).
 
-        ``perps`` (Π_{E⊥}A, if already computed) saves the products. No ``.item()``: no host sync.
+        No ``.item()``: no host sync.
         """
-        perps = self.project_perp(weights) if perps is None else perps
-        n = len(perps)
-        norms = torch.stack([t.flatten(1).norm(dim=1) for t in (*perps, *weights)], dim=1)  # (N, 2n)
-        totals = torch.linalg.vector_norm(norms.view(-1, 2, n), dim=2)  # (N, 2): ‖Π_{E⊥}A‖, ‖A‖
-        values = torch.cat([norms[:, :n], totals[:, :1], totals[:, :1] / totals[:, 1:]], dim=1)
-        return Distances(values, self.names)
+        flat = self.flatten(weights)
+        return self.distances_flat(flat, self.perp_flat(flat))
 
     def dim_e(self, shapes: Sequence[tuple[int, int]]) -> int:
         """dim E of the network, given each layer's (out, in) channel counts."""
         return sum(space.dim_e(o, i) for (o, i), space in zip(shapes, self.layers, strict=True))
+
+
+ROW_PIECE = 2**14  # elements reduced by one thread: below torch's parallel grain (32768)
+
+
+def _row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Σ over the last axis of x (R, m), each row alone and in a fixed order whatever R is.
+
+    torch splits a long single row across threads but not rows of a batch, which would change the
+    order of the additions; pieces of ``ROW_PIECE`` elements are always summed by one thread.
+    """
+    if x.shape[-1] <= ROW_PIECE:
+        return x.sum(-1)
+    return torch.stack([part.sum(-1) for part in x.split(ROW_PIECE, dim=-1)], dim=-1).sum(-1)

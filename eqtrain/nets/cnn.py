@@ -165,12 +165,16 @@ class EqCNN(nn.Module):
             self.maps.append(ParametrizedMap(seeds, out_type.channels, in_type.channels, sh * sw, basis, dtype))
         self._check_head(arch, group, spaces[-1], types[-2])
         names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
-        self.space = NetworkSpace(names, spaces)
+        self.space = NetworkSpace(names, spaces, [m.channels for m in self.maps])
         n_bias = len(arch.channels) + 1 if arch.bias else 0
         # Biases are one per field / per class, hence already invariant (SPEC §1, §9): not part of A.
         # (A regular field's bias is shared by its |G| channels; see ``logits_at``.)
         sizes = [*arch.channels, arch.n_classes][:n_bias]
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(seeds, c, dtype=dtype)) for c in sizes])
+        self.identity_maps = all(m.basis is None and m.orbit_labels is None for m in self.maps)  # θ = A
+        params = [*(m.theta for m in self.maps), *self.biases]
+        self.register_buffer("flat", torch.cat([p.detach().flatten(1) for p in params], 1), persistent=False)
+        self._link_flat()
 
     @staticmethod
     def _check_exact(arch: Architecture, constrain: bool) -> None:
@@ -210,6 +214,39 @@ class EqCNN(nn.Module):
                 orbits,
                 group.name,
             )
+
+    def _link_flat(self) -> None:
+        """Make every parameter (θ of each map, then the biases) a view of ``flat`` (N, P).
+
+        The step updates, checks and masks every seed's parameters as one tensor (``training.step``).
+        """
+        offset = 0
+        for p in self.parameter_list():
+            size = p[0].numel()
+            p.data = self.flat[:, offset : offset + size].view(p.shape)
+            offset += size
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # moves or casts the parameters and ``flat`` apart: link them again
+        self._link_flat()
+        return self
+
+    def parameter_list(self) -> list[nn.Parameter]:
+        """θ of each map, then the biases: the order of ``flat``'s columns."""
+        return [*(m.theta for m in self.maps), *self.biases]
+
+    def flat_grad(self) -> torch.Tensor:
+        """The gradients of the parameters as one (N, P) tensor, in ``flat``'s order (zero where unset)."""
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.parameter_list()]
+        return torch.cat([g.flatten(1) for g in grads], 1)
+
+    def pull_back(self, grad_a: torch.Tensor) -> torch.Tensor:
+        """The gradient in the maps' θ (N, P_θ) of a function whose gradient in A is the flat ``grad_a`` (N, P_A)."""
+        if self.identity_maps:
+            return grad_a
+        parts = grad_a.split(self.space.sizes, dim=1)
+        shapes = [(grad_a.shape[0], *m.channels, m.size) for m in self.maps]
+        return torch.cat([m.pull_back(g.view(s)).flatten(1) for m, g, s in zip(self.maps, parts, shapes)], 1)
 
     @property
     def seeds(self) -> int:
@@ -279,7 +316,7 @@ def logits_at(
             h = F.layer_norm(h, h.shape[-2:])
     head = weights[-1]
     if n == 1:  # (the same product; a plain matmul keeps one seed's round-off that of a single network)
-        out = F.linear(h.reshape(b, -1), head[0].flatten(1))[None]
+        out = F.linear(h.reshape(b, -1), head.reshape(head.shape[1], -1))[None]
     else:
         out = torch.bmm(h.reshape(b, n, -1).transpose(0, 1), head.flatten(2).transpose(1, 2))  # (N, B, classes)
     return out if biases is None else out + biases[-1][:, None, :]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -31,13 +32,14 @@ class Progress:
         )
         self._began = self._last = time.monotonic()
 
-    def update(self, step: int, loss: torch.Tensor, distance: torch.Tensor) -> None:
-        """At step ``step`` (the mean loss and d(A) over the seeds, tensors on the run's device)."""
+    def update(self, step: int, loss: torch.Tensor, distance: Callable[[], torch.Tensor]) -> None:
+        """At step ``step``: the mean over the seeds of the loss (a tensor on the run's device) and of
+        d(A), measured by ``distance()`` only when a line is drawn."""
         now = time.monotonic()
         if now - self._last < self.every_s:
             return
         self._last = now
-        postfix = f"loss={loss.mean().item():.4f}, d(A)={distance.mean().item():.3e}"
+        postfix = f"loss={loss.mean().item():.4f}, d(A)={distance().mean().item():.3e}"
         if self._bar is not None:
             self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(step - self._bar.n)

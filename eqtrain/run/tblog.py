@@ -1,6 +1,6 @@
 """TensorBoard: one run's event file, its per-step scalars and its hparams.
 
-Per-step scalars arrive as one small tensor per step (kept on the device), and are written in
+Per-step scalars arrive as small tensors of one or more steps (kept on the device), and are written in
 chunks through ``events.EventWriter``'s vectorised path: one event per step carrying all its
 values. (``SummaryWriter.add_scalar`` costs ~50 µs per tag, more than the whole distance
 computation of a step.) The event files read back like any others.
@@ -28,15 +28,16 @@ class RunLogger:
         self._steps: list[int] = []
         self._times: list[float] = []
 
-    def log_step(self, step: int, tags: tuple[str, ...], row: torch.Tensor) -> None:
-        """Buffer one step's scalars: ``row[j]`` is the value of ``tags[j]`` (a tensor, kept on its device)."""
+    def log_rows(self, steps: list[int], times: list[float], tags: tuple[str, ...], rows: torch.Tensor) -> None:
+        """Buffer the scalars of several steps: ``rows[i, j]`` is the value of ``tags[j]`` at ``steps[i]``
+        (a tensor, kept on its device; ``times`` are the steps' wall-clock times)."""
         if tags != self._tags:
             self._write_rows()
             self._tags = tags
-        self._rows.append(row.detach())
-        self._steps.append(step)
-        self._times.append(time.time())
-        if len(self._rows) >= self.flush_every:
+        self._rows.append(rows.detach())
+        self._steps += steps
+        self._times += times
+        if len(self._steps) >= self.flush_every:
             self.flush()
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -51,7 +52,7 @@ class RunLogger:
 
     def _write_rows(self) -> None:
         if self._rows:
-            values = torch.stack(self._rows).float().cpu().numpy()  # one device sync per chunk
+            values = torch.cat(self._rows).float().cpu().numpy()  # one device sync per chunk
             self.events.write_scalars(list(self._tags), np.array(self._steps), np.array(self._times), values)
             self._rows, self._steps, self._times = [], [], []
 

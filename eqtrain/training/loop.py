@@ -27,7 +27,6 @@ from ..run.checkpoint import save_checkpoint
 from ..run.progress import Progress
 from ..run.signals import StopSignals
 from .analyze import analyze_seeds
-from .metrics import step_rows
 from .record import Recorder, summary_of
 from .resume import open_run_dir
 from .settings import ConfigError, Settings
@@ -76,7 +75,7 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals) -> dict[str, ob
             log_epoch(state, out.evaluate(state, data, group))
         if state.step >= total or all(state.stopped):
             break
-        phase = enter_phase(settings, state, group, data)
+        phase = enter_phase(settings, state, group, data, out)
         if state.position == 0:
             state.new_order(n, cfg.dataset.shuffle)
         x, y = state.batch(data, cfg.batch_size)
@@ -89,10 +88,9 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals) -> dict[str, ob
         if state.twin is not None:
             sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.alive))
         if state.step % cfg.log_every == 0:
-            rows = step_rows(result.loss, result.distances.values, gamma, cfg.data_scale)
-            rows = rows if twin_dist is None else torch.cat([rows, twin_dist[:, None]], dim=1)
-            out.log_steps(state.step, rows, state.stopped)
-            progress.update(state.step, result.loss, result.distances.total)
+            extra = None if twin_dist is None else twin_dist[:, None]
+            out.steps.add(state.step, result.loss, result.weights, gamma, state.stopped, extra)
+            progress.update(state.step, result.loss, lambda: state.model.distances().total)
         state.record(result.alive)
         state.position += used
         state.step += 1
@@ -123,13 +121,15 @@ def total_steps(settings: Settings, steps_per_epoch: int) -> int:
     return total if settings.config.max_steps is None else min(total, settings.config.max_steps)
 
 
-def enter_phase(settings: Settings, state: RunState, group: Group, data: Data):
+def enter_phase(settings: Settings, state: RunState, group: Group, data: Data, out: Recorder):
     """The phase of the current epoch; at a phase switch, the new parametrization from the same A and biases."""
     ends = [sum(p.epochs for p in settings.phases[: i + 1]) for i in range(len(settings.phases))]
     index = next((i for i, end in enumerate(ends) if state.epoch < end), len(settings.phases) - 1)
     if index != state.phase:
+        out.steps.flush()  # measured in the space of the model that took them
         state.phase = index
         state.model = build_for_phase(settings, settings.phases[index], group, data, state.model)
+        out.steps.space = state.model.space
         log.info("phase %d: mode=%s from step %d", index, settings.phases[index].mode, state.step)
     return settings.phases[index]
 
@@ -145,7 +145,7 @@ def report_divergence(state: RunState) -> None:
     for k, step in state.note_divergence():
         others = " (the others go on)" if len(state.seeds) > 1 else ""
         log.error(
-            "seed %d diverged at step %d: the loss, the distance or the update is not finite; lower lr or gamma%s",
+            "seed %d diverged at step %d: the loss or the update is not finite; lower lr or gamma%s",
             state.seeds[k],
             step,
             others,

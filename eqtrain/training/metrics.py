@@ -28,13 +28,16 @@ def step_tags(layer_names: Sequence[str]) -> tuple[str, ...]:
     return ("loss/data", "loss/reg", "loss/total", "gamma/t", *distance_tags(layer_names))
 
 
-def step_rows(loss: torch.Tensor, dist: torch.Tensor, gamma: float, data_scale: float) -> torch.Tensor:
-    """Per seed: R, γΓ = γ/2·d², data_scale·R + γΓ, γ_t, then the distances (``Distances.values``)."""
-    n_layers = dist.shape[1] - 2
-    reg = dist[:, n_layers : n_layers + 1].square().mul_(0.5 * gamma)
-    data = loss[:, None]
+def step_rows(loss: torch.Tensor, dist: torch.Tensor, gamma: torch.Tensor, data_scale: float) -> torch.Tensor:
+    """Per seed (and step): R, γΓ = γ/2·d², data_scale·R + γΓ, γ_t, then the distances (``Distances.values``).
+
+    loss (...), dist (..., layers + 2) and gamma (...) share their leading axes; the rows are (..., tags).
+    """
+    data = loss.to(dist.dtype)
+    gamma = gamma.to(dist.dtype).expand_as(data)
+    reg = dist[..., -2].square() * (0.5 * gamma)
     total = data * data_scale + reg if data_scale != 1 else data + reg
-    return torch.cat([data, reg, total, torch.full_like(reg, gamma), dist], dim=1)
+    return torch.cat([torch.stack([data, reg, total, gamma], dim=-1), dist], dim=-1)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from ..run.tblog import RunLogger
 from .metrics import HPARAM_METRICS, evaluate, step_tags
 from .settings import Settings
 from .state import RunState
+from .steplog import StepLog
 
 
 class Recorder:
@@ -33,18 +34,14 @@ class Recorder:
             if not resumed:
                 logger.hparams(settings.hparams(seed), list(HPARAM_METRICS))
             self.loggers.append(logger)
-        self.tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
+        tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
+        self.steps = StepLog(state.model.space, self.loggers, tags, settings.config.data_scale)
         self.metrics: list[dict[str, float]] = [{} for _ in self.seeds]
         self.evaluated_at = -1
 
-    def log_steps(self, step: int, rows: torch.Tensor, stopped: list[bool]) -> None:
-        """Row k (a tensor on the device) holds seed k's per-step scalars, in ``self.tags`` order."""
-        for logger, row, done in zip(self.loggers, rows, stopped):
-            if not done:  # (on a GPU a dead seed may log NaN until the next host check)
-                logger.log_step(step, self.tags, row)
-
     def evaluate(self, state: RunState, data: Data, group: Group) -> list[dict[str, float]]:
         """Evaluate every seed's model now; log the seeds still running at the current step."""
+        self.steps.flush()  # the steps before it first: TensorBoard drops events that go back in steps
         self.metrics = evaluate(state.model, data, group)
         self.evaluated_at = state.step
         for logger, metrics, done in zip(self.loggers, self.metrics, state.stopped):
@@ -53,6 +50,7 @@ class Recorder:
         return self.metrics
 
     def flush(self) -> None:
+        self.steps.flush()
         for logger in self.loggers:
             logger.flush()
 
@@ -65,6 +63,7 @@ class Recorder:
 
     def finish(self, state: RunState, data: Data, group: Group, steps_per_epoch: int) -> list[dict[str, object]]:
         """Final evaluation, distances, metrics.json and weights.pt of every seed; returns their results."""
+        self.steps.flush()
         if self.evaluated_at != state.step:
             self.evaluate(state, data, group)
         finals = state.model.distances()

@@ -3,12 +3,14 @@
 The N seeds' networks are one network with seed-grouped convolutions (``nets.cnn``), so one
 forward and one backward give every seed its own gradient: the loss is the sum of the seeds'
 mean losses, and no seed's loss depends on another's weights. The regularizer's gradient is
-added analytically, ∇Γ(A) = Π_{E⊥}A pulled back to the parameters — the same Π_{E⊥}A that the
-per-step distance log needs, so the two share one computation.
+added analytically, ∇Γ(A) = Π_{E⊥}A pulled back to the parameters.
 
-A seed whose loss, distance or updated weights are not finite is frozen at its last finite
-state (its update masked on the device, no host sync) while the others go on; ``alive`` says
-which seeds still train.
+Everything after the backward pass acts on whole (N, ·) tensors, whatever the number of layers:
+the flat weights A and Π_{E⊥}A (``NetworkSpace``), and the flat parameters (``EqCNN.flat``, of
+which every parameter is a view). The step returns A_t, the weights it started from; their
+distances to E are measured by the per-step log (``steplog``), in batches of steps. A seed whose
+loss or updated parameters are not finite is frozen at its last finite state (its update masked
+on the device, no host sync) while the others go on; ``alive`` says which seeds still train.
 """
 
 from __future__ import annotations
@@ -18,20 +20,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..geometry.space import Distances
-from ..nets.cnn import EqCNN
+from ..nets.cnn import EqCNN, logits_at
 
 
 @dataclass(frozen=True)
 class StepResult:
     loss: torch.Tensor  # (N,): each seed's data loss R on its batch, at A_t
-    distances: Distances  # of A_t, before the update
+    weights: torch.Tensor  # (N, P): A_t, every layer's entries flat (``NetworkSpace.flatten``), a copy
     alive: torch.Tensor  # (N,) bool: the seeds that took the step
 
 
-def seed_losses(model: EqCNN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Each seed's mean cross-entropy on its own batch: x (N, B, C, H, W), y (N, B) → (N,)."""
-    logits = model(x)
+def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each seed's mean cross-entropy on its own batch: logits (N, B, classes), y (N, B) → (N,)."""
     return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
 
 
@@ -44,23 +44,21 @@ def sgd_step(
     data_scale: float,
     alive: torch.Tensor,
 ) -> StepResult:
-    """θ ← θ − lr·∇θ(data_scale·R + γΓ) for every seed in ``alive`` whose loss and distance are finite."""
-    loss = seed_losses(model, x, y)
-    params = list(model.parameters())
-    for p in params:
+    """θ ← θ − lr·∇θ(data_scale·R + γΓ) for every seed in ``alive`` whose loss and update are finite."""
+    weights = model.weights()
+    loss = seed_losses(logits_at(model.arch, weights, x, list(model.biases) if model.arch.bias else None), y)
+    for p in model.parameter_list():
         p.grad = None
     (loss.sum() * data_scale if data_scale != 1 else loss.sum()).backward()
     with torch.no_grad():
-        weights = model.weights()
-        perps = model.space.project_perp(weights)
-        distances = model.space.distances(weights, perps)  # before the update (weights may alias θ)
-        alive = alive & torch.isfinite(loss) & torch.isfinite(distances.values).all(1)
+        a = model.space.flatten(weights)  # A_t, a copy: θ is updated in place below
+        grad = model.flat_grad()
         if gamma:  # ∇(γΓ) = γ Π_{E⊥}A, pulled back to θ (SPEC §4)
-            grads = [m.theta.grad for m in model.maps]
-            torch._foreach_add_(grads, [m.pull_back(p) for m, p in zip(model.maps, perps)], alpha=gamma)
-        new = torch._foreach_add(params, [p.grad for p in params], alpha=-lr)
-        # A seed whose update overflows keeps its last finite state (a sum is finite only if every term is).
-        alive = alive & torch.isfinite(torch.stack([q.flatten(1).sum(1) for q in new]).sum(0))
-        for p, q in zip(params, new):
-            p.copy_(torch.where(alive.view(-1, *[1] * (p.dim() - 1)), q, p))
-    return StepResult(loss.detach(), distances, alive)
+            pulled = model.pull_back(model.space.perp_flat(a).to(grad.dtype))
+            grad[:, : pulled.shape[1]].add_(pulled, alpha=gamma)
+        new = model.flat.add(grad, alpha=-lr)
+        # A sum is finite only if every term is: one number per seed checks its loss and its update.
+        check = new.sum(1) + loss
+        alive = alive & (check - check == 0)  # x − x is 0 for finite x, NaN otherwise (2 kernels; isfinite: 5)
+        torch.where(alive[:, None], new, model.flat, out=model.flat)
+    return StepResult(loss.detach(), a, alive)

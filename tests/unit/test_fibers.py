@@ -359,9 +359,9 @@ def test_bad_fibers_name_the_key(value, match):
         build_model(cfg, Group.from_name("c4"), (1, 28, 28), 10, False)
 
 
-def test_network_space_does_the_joint_layers_together_exactly_as_layer_by_layer():
-    """NetworkSpace.project_perp handles all joint-orbit layers in one scatter-add and one gather
-    (a per-step cost): the same Π_E⊥ as each LayerSpace's, for an ensemble of seeds and mixed fibers."""
+def test_network_space_does_mixed_layers_together_exactly_as_layer_by_layer():
+    """NetworkSpace.project_perp does all layers in one scatter-add and one gather: the same Π_E⊥ as
+    each LayerSpace's, for an ensemble of seeds and mixed fibers."""
     model = gcnn("d4", False, torch.float64, "model.fibers=[regular,trivial]")
     weights = [torch.randn(3, *a.shape[1:], dtype=torch.float64) for a in model.weights()]
     together = model.space.project_perp(weights)

@@ -1,0 +1,81 @@
+"""The per-step scalars of SPEC §7, for every seed, measured in batches of steps.
+
+A step's loss is known when the step ends; its distances to E (‖Π_{E⊥}A_i‖ per layer, in
+float64) are a dozen small kernels, which cost more than the rest of the step's bookkeeping
+together when run one step at a time (docs/design.md). So the step hands over A_t (one flat copy)
+and the log holds the steps it is given; every ``chunk`` steps, and whenever the curves must be
+on disk or in order (before an evaluation is logged, at a phase switch, a stop signal or the
+end), it measures all the held steps as one batch and writes their rows.
+
+Each row is measured on its own (``NetworkSpace.distances_flat``), so the values do not depend on
+how the steps were batched: a resumed run logs exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..geometry.space import NetworkSpace
+from ..run.tblog import RunLogger
+from .metrics import step_rows
+
+HOLD_ENTRIES = 2**21  # weight entries held before a batch is measured (8 MiB in float32)
+
+
+@dataclass(frozen=True)
+class HeldStep:
+    step: int
+    time: float
+    loss: torch.Tensor  # (N,)
+    weights: torch.Tensor  # (N, P): A_t flat
+    gamma: float
+    stopped: tuple[bool, ...]  # per seed: not logged (it diverged earlier)
+    extra: torch.Tensor | None  # (N, k): more scalars after the SPEC §7 ones (the twin distance)
+
+
+class StepLog:
+    """Per-step rows of every seed into its ``RunLogger``, in the order of ``tags``."""
+
+    def __init__(
+        self, space: NetworkSpace, loggers: Sequence[RunLogger], tags: tuple[str, ...], data_scale: float
+    ) -> None:
+        self.space, self.loggers, self.tags, self.data_scale = space, list(loggers), tags, data_scale
+        self._held: list[HeldStep] = []
+
+    def add(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        weights: torch.Tensor,
+        gamma: float,
+        stopped: Sequence[bool],
+        extra: torch.Tensor | None = None,
+    ) -> None:
+        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t and the extra scalars."""
+        self._held.append(HeldStep(step, time.time(), loss, weights, gamma, tuple(stopped), extra))
+        if len(self._held) * weights.numel() >= HOLD_ENTRIES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Measure the held steps as one batch and hand their rows to the loggers."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        k, n = len(held), held[0].loss.shape[0]
+        with torch.no_grad():
+            flat = torch.cat([h.weights for h in held])  # (k·N, P)
+            dist = self.space.distances_flat(flat, self.space.perp_flat(flat)).values.view(k, n, -1)
+            loss = torch.stack([h.loss for h in held])
+            gamma = torch.tensor([h.gamma for h in held], dtype=torch.float64, device=loss.device)[:, None]
+            rows = step_rows(loss, dist, gamma, self.data_scale)  # (k, N, tags)
+            if held[0].extra is not None:
+                rows = torch.cat([rows, torch.stack([h.extra for h in held]).to(rows.dtype)], dim=-1)
+        for seed, logger in enumerate(self.loggers):
+            live = [i for i, h in enumerate(held) if not h.stopped[seed]]
+            if live:
+                steps, times = [held[i].step for i in live], [held[i].time for i in live]
+                logger.log_rows(steps, times, self.tags, rows[live, seed])
