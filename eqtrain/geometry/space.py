@@ -98,16 +98,16 @@ class NetworkSpace(nn.Module):
         return [part.view(a.shape) for part, a in zip(flat.split(self.sizes, dim=-1), like, strict=True)]
 
     def perp_flat(self, flat: torch.Tensor) -> torch.Tensor:
-        """Π_{E⊥} of a flat (..., P) vector, in float64 whatever its dtype (SPEC §2).
+        """Π_{E⊥} of a flat (..., P) vector, in float64 whatever its dtype (SPEC §2); a new tensor.
 
         An orbit's entries are summed in float64, where float32 values add exactly; the weights of
         Π_E are 1/|orbit| (orbits of 1, 2, 4 or 8 entries: exact in binary), so weights on E have a
         distance of exactly 0 and the regularizer injects no round-off off E.
         """
-        wide = flat if flat.dtype == torch.float64 else flat.double()
+        wide = flat.to(torch.float64, copy=True)
         orbit = self.orbit_of
         sums = wide.new_zeros(*wide.shape[:-1], len(self.mean_e)).index_add_(-1, orbit, wide).mul_(self.mean_e)
-        return wide - sums.gather(-1, orbit.expand(wide.shape))
+        return wide.sub_(sums.gather(-1, orbit.expand(wide.shape)))
 
     def project_e(self, weights: Weights) -> list[torch.Tensor]:
         """Π_E A, layer by layer (SPEC §2)."""
@@ -118,44 +118,41 @@ class NetworkSpace(nn.Module):
         perp = self.perp_flat(self.flatten(weights)).to(weights[0].dtype)
         return self.unflatten(perp, weights)
 
-    def distances_flat(self, flat: torch.Tensor, perp: torch.Tensor) -> Distances:
-        """The ``Distances`` of flat weights A (R, P), one row per seed (or per seed and step), given
-        ``perp`` = ``perp_flat(flat)`` (float64).
+    def distances_flat(self, flat: torch.Tensor) -> Distances:
+        """The ``Distances`` of flat weights A (R, P), one row per seed (or per seed and step).
 
         Every row is reduced on its own, in pieces short enough for one thread, so a row's
         distances do not depend on the other rows: a step's log is the same computed alone or with
         others (a resumed run's curves equal an uninterrupted run's bit for bit).
         """
-        n = len(self.layers)
-        squares = perp.square()
-        layers = torch.stack([_row_sums(part) for part in squares.split(self.sizes, dim=-1)], dim=-1)
-        total = _row_sums(layers)
-        norm_a = _row_sums(flat.to(perp.dtype).square()).sqrt_()
-        values = torch.cat([layers, total[:, None]], dim=-1).sqrt_()
-        return Distances(torch.cat([values, values[:, n:] / norm_a[:, None]], dim=-1), self.names)
+        perp = self.perp_flat(flat)
+        layers = torch.stack([_row_norms(part) for part in perp.split(self.sizes, dim=-1)], dim=-1)
+        total = torch.linalg.vector_norm(layers, dim=-1, keepdim=True)
+        norm_a = _row_norms(flat).to(total.dtype)[:, None]
+        return Distances(torch.cat([layers, total, total / norm_a], dim=-1), self.names)
 
     def distances(self, weights: Weights) -> Distances:
         """d(A) per layer and in total, and d(A)/‖A‖, for every seed (weights are (N, out, in, s)).
 
         No ``.item()``: no host sync.
         """
-        flat = self.flatten(weights)
-        return self.distances_flat(flat, self.perp_flat(flat))
+        return self.distances_flat(self.flatten(weights))
 
     def dim_e(self, shapes: Sequence[tuple[int, int]]) -> int:
         """dim E of the network, given each layer's (out, in) channel counts."""
         return sum(space.dim_e(o, i) for (o, i), space in zip(shapes, self.layers, strict=True))
 
 
-ROW_PIECE = 2**14  # elements reduced by one thread: below torch's parallel grain (32768)
+ROW_PIECE = 2**14  # entries reduced by one thread: below torch's parallel grain (32768)
 
 
-def _row_sums(x: torch.Tensor) -> torch.Tensor:
-    """Σ over the last axis of x (R, m), each row alone and in a fixed order whatever R is.
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """The Euclidean norm of every row of x (R, m), each row alone and in a fixed order whatever R is.
 
-    torch splits a long single row across threads but not rows of a batch, which would change the
-    order of the additions; pieces of ``ROW_PIECE`` elements are always summed by one thread.
+    torch splits a long single row between threads but not the rows of a batch, which would change
+    the order of the additions; pieces of ``ROW_PIECE`` entries are always reduced by one thread.
     """
     if x.shape[-1] <= ROW_PIECE:
-        return x.sum(-1)
-    return torch.stack([part.sum(-1) for part in x.split(ROW_PIECE, dim=-1)], dim=-1).sum(-1)
+        return torch.linalg.vector_norm(x, dim=-1)
+    pieces = [torch.linalg.vector_norm(part, dim=-1) for part in x.split(ROW_PIECE, dim=-1)]
+    return torch.linalg.vector_norm(torch.stack(pieces, dim=-1), dim=-1)

@@ -23,7 +23,7 @@ from ..geometry.space import NetworkSpace
 from ..run.tblog import RunLogger
 from .metrics import step_rows
 
-HOLD_ENTRIES = 2**21  # weight entries held before a batch is measured (8 MiB in float32)
+HOLD_ENTRIES = 2**17  # weight entries held before a batch is measured: 1 MiB in float64 (see docs/design.md)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class StepLog:
         k, n = len(held), held[0].loss.shape[0]
         with torch.no_grad():
             flat = torch.cat([h.weights for h in held])  # (k·N, P)
-            dist = self.space.distances_flat(flat, self.space.perp_flat(flat)).values.view(k, n, -1)
+            dist = self.space.distances_flat(flat).values.view(k, n, -1)
             loss = torch.stack([h.loss for h in held])
             gamma = torch.tensor([h.gamma for h in held], dtype=torch.float64, device=loss.device)[:, None]
             rows = step_rows(loss, dist, gamma, self.data_scale)  # (k, N, tags)
