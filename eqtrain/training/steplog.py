@@ -3,9 +3,10 @@
 A step's loss is known when the step ends; its distances to E (‖Π_{E⊥}A_i‖ per layer, in
 float64) are a dozen small kernels, which cost more than the rest of the step's bookkeeping
 together when run one step at a time (docs/design.md). So the step hands over A_t (one flat copy)
-and the log holds the steps it is given; every ``chunk`` steps, and whenever the curves must be
-on disk or in order (before an evaluation is logged, at a phase switch, a stop signal or the
-end), it measures all the held steps as one batch and writes their rows.
+and the log holds the steps it is given; when they reach ``HOLD_ENTRIES`` weight entries, and
+whenever the curves must be on disk or in order (before an evaluation is logged, at a phase
+switch, a stop signal or the end), it measures all the held steps as one batch and writes their
+rows.
 
 Each row is measured on its own (``NetworkSpace.distances_flat``), so the values do not depend on
 how the steps were batched: a resumed run logs exactly what an uninterrupted one does.
