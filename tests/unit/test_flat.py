@@ -12,7 +12,7 @@ from eqtrain.run.tblog import RunLogger
 from eqtrain.training.metrics import step_tags
 from eqtrain.training.steplog import StepLog
 
-from ..helpers import make_config
+from ..helpers import fast_first, make_config
 
 TOL64 = 1e-13  # float64 round-off (SPEC §5.1's bound for float64 statements)
 
@@ -30,8 +30,12 @@ def random_weights(model, seed=0):
 MODELS = [("model=paper_cnn",), ("model=paper_cnn", "model.support=cross"), ("model=gcnn",), ("model=deep_cnn",)]
 
 
-@pytest.mark.parametrize("overrides", MODELS, ids=["paper", "cross", "gcnn", "deep"])
-@pytest.mark.parametrize("group", GROUP_NAMES)
+@pytest.mark.parametrize(
+    ("overrides", "group"),
+    fast_first(
+        [(m, g) for m in MODELS for g in GROUP_NAMES], fast=2, ids=[f"{m[-1]}-{g}" for m in MODELS for g in GROUP_NAMES]
+    ),
+)
 def test_network_perp_is_each_layers_perp(overrides, group):
     """SPEC §2, §9: the whole-network Π_{E⊥} on the flat vector equals every LayerSpace's own, to ≤1e-13."""
     model = model_of(*overrides, group=group)
@@ -41,7 +45,9 @@ def test_network_perp_is_each_layers_perp(overrides, group):
         assert (space.project_perp(a) - b).abs().max() <= TOL64
 
 
-@pytest.mark.parametrize("overrides", MODELS, ids=["paper", "cross", "gcnn", "deep"])
+@pytest.mark.parametrize(
+    "overrides", fast_first([(m,) for m in MODELS], fast=2, ids=["paper", "cross", "gcnn", "deep"])
+)
 def test_network_distances_are_the_norms_of_the_layer_perps(overrides):
     """SPEC §7: d per layer, in total and relative, from the flat path, equal the norms taken layer by layer."""
     model = model_of(*overrides)
