@@ -61,6 +61,7 @@ def test_cuda_without_gpu(tmp_path, monkeypatch, capsys):
     assert code == 2 and "device='cuda' is not valid: no CUDA GPU is visible" in err
 
 
+@pytest.mark.slow  # three CLI processes (~3.3 s); other damaged-data tests stay in the fast subset
 def test_missing_data_files(tmp_path, monkeypatch, capsys):
     code, err = cli(tmp_path, monkeypatch, capsys, *QUICK, "dataset=mnist", f"dataset.data_dir={tmp_path}/none")
     assert code == 2

@@ -37,6 +37,7 @@ def test_digits_default_is_28x28_in_unit_range_with_a_fixed_stratified_split():
     assert torch.equal(again.x_train, data.x_train)  # the split does not depend on the run's seed
 
 
+@pytest.mark.slow  # imports scikit-learn (~2.5 s)
 def test_digits_are_scikit_learns_data_and_split_read_without_importing_it():
     """The file read and the shipped split equal what scikit-learn's own loader and split give."""
     from sklearn.datasets import load_digits
