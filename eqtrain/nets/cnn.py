@@ -172,8 +172,8 @@ class EqCNN(nn.Module):
         sizes = [*arch.channels, arch.n_classes][:n_bias]
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(seeds, c, dtype=dtype)) for c in sizes])
         self.identity_maps = all(m.basis is None and m.orbit_labels is None for m in self.maps)  # θ = A
-        params = [*(m.theta for m in self.maps), *self.biases]
-        self.register_buffer("flat", torch.cat([p.detach().flatten(1) for p in params], 1), persistent=False)
+        flat = torch.cat([p.detach().flatten(1) for p in self.parameter_list()], 1)
+        self.register_buffer("flat", flat, persistent=False)
         self._link_flat()
 
     @staticmethod
