@@ -131,15 +131,19 @@ def reference(tmp_path_factory) -> Callable[[], Path]:
     run.kill()
 
 
-def poll(what: str, check: Callable[[], object], sweep: Background, timeout: float = 180):
-    """Until ``check()`` is truthy (an event, not a guess at its timing), while the sweep runs; its value."""
+def poll(what: str, check: Callable[[], object], sweep: Background, timeout: float = 180, seen=None):
+    """Until ``check()`` is truthy (an event, not a guess at its timing), while the sweep runs; its value.
+
+    When it gives up, the failure says what it saw: ``seen()`` (e.g. the job's state) and the sweep's output.
+    """
     deadline = time.monotonic() + timeout
     while not (value := check()):
-        if not sweep.running():
-            pytest.fail(f"the sweep ended while waiting for {what}:\n{sweep.output()}")
-        if time.monotonic() > deadline:
+        ended = not sweep.running()
+        if ended or time.monotonic() > deadline:
+            saw = f" (last seen: {seen()})" if seen is not None else ""
             sweep.kill()
-            pytest.fail(f"no {what} after {timeout:.0f} s:\n{sweep.output()}")
+            why = "the sweep ended while waiting for" if ended else f"after {timeout:.0f} s, still no"
+            pytest.fail(f"{why} {what}{saw}:\n{sweep.output()}")
         time.sleep(0.05)
     return value
 
@@ -185,6 +189,19 @@ def running_again(cluster: Cluster, job: str, restarts: int) -> Callable[[], flo
     return check
 
 
+def job_state(cluster: Cluster, job: str) -> Callable[[], str]:
+    """What ``scontrol`` says of the job now, for a failure message (never raises)."""
+
+    def seen() -> str:
+        try:
+            info = cluster.job(job)
+        except (subprocess.SubprocessError, OSError) as error:
+            return f"scontrol failed: {error}"
+        return ", ".join(f"{key}={info.get(key)}" for key in ("JobState", "Reason", "Restarts", "RunTime"))
+
+    return seen
+
+
 def test_a_sweep_with_an_ensemble_job_completes(cluster, tmp_path, reference):
     """Two jobs, one of them seeds=2 (two run directories, one checkpoint): every run completed.
 
@@ -204,19 +221,27 @@ def test_a_sweep_with_an_ensemble_job_completes(cluster, tmp_path, reference):
 def test_a_job_preempted_by_a_higher_partition_resumes_bitwise(cluster, tmp_path, reference):
     """A job in partition ``high`` that needs the whole node preempts the one in ``low`` (PreemptMode=REQUEUE):
     SIGTERM, checkpoint, requeued by SLURM itself, resumed when the node is free again. (Before the
-    other interrupted jobs: the exclusive job would preempt them too.)"""
+    other interrupted jobs: the exclusive job would preempt them too.)
+
+    The scheduler acts on the high job within ``sched_interval`` (5 s), long enough for a fast machine
+    to finish the whole run first; so the job is held (SIGSTOP) after its first checkpoint until
+    SLURM's SIGTERM is there: a job that was still running when it was preempted, on any machine.
+    """
     sweep_dir = tmp_path / "sweep"
     with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.partition=low") as sweep:
         job = poll("job under .submitit/", job_of(sweep_dir), sweep)
         poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
-        subprocess.run(
-            ["sbatch", "--partition=high", "--exclusive", "--mem=100", "--output=/dev/null", "--wrap=true"],
-            env=cluster.env, cwd=tmp_path, check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        with held_until(signal.SIGTERM, cluster, job, sweep_dir, sweep):
+            subprocess.run(
+                ["sbatch", "--partition=high", "--exclusive", "--mem=100", "--output=/dev/null", "--wrap=true"],
+                env=cluster.env, cwd=tmp_path, check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
         preempted = time.monotonic()
-        restarted = poll("restart after the preemption", running_again(cluster, job, 1), sweep)
+        restarted = poll(
+            "restart after the preemption", running_again(cluster, job, 1), sweep, seen=job_state(cluster, job)
+        )
         sweep.finish()
-    print(f"preemption: the job ran again {restarted - preempted:.1f} s after the high-priority job came")
+    print(f"preemption: the job ran again {restarted - preempted:.1f} s after SIGTERM")
 
     log = job_log(sweep_dir, job)
     assert f"stopped by signal {int(signal.SIGTERM)}" in log, log[-3000:]
@@ -233,9 +258,12 @@ def test_a_job_requeued_mid_run_resumes_bitwise(cluster, tmp_path, reference, at
     with cluster.sweep(tmp_path, sweep_dir, *CONFIG, "hydra.launcher.timeout_min=5") as sweep:
         job = poll("job under .submitit/", job_of(sweep_dir), sweep)
         poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)  # in epoch 2 now
-        cluster.scontrol("requeue", job)
+        with held_until(signal.SIGTERM, cluster, job, sweep_dir, sweep):  # mid-run on any machine
+            cluster.scontrol("requeue", job)
         requeued = time.monotonic()
-        restarted = poll("restart after the requeue", running_again(cluster, job, 1), sweep)
+        restarted = poll(
+            "restart after the requeue", running_again(cluster, job, 1), sweep, seen=job_state(cluster, job)
+        )
         sweep.finish()
     print(f"requeue: the job ran again {restarted - requeued:.1f} s after scontrol requeue")
 
@@ -259,14 +287,14 @@ def stopped(pid: int) -> bool:
     return status is None or status["State"].startswith("T")
 
 
-def released(pid: int) -> bool:
-    """A held process is let go: SIGUSR2 waits in its pending set, or SLURM continued it to deliver
+def released(pid: int, sig: signal.Signals) -> bool:
+    """A held process is let go: ``sig`` waits in its pending set, or SLURM continued it to deliver
     the signal (slurmstepd sends SIGCONT first), or it is gone."""
     status = proc_status(pid)
     if status is None:
         return True
-    usr2 = 1 << (signal.SIGUSR2 - 1)
-    pending = any(int(status.get(key, "0"), 16) & usr2 for key in ("SigPnd", "ShdPnd"))
+    bit = 1 << (sig - 1)
+    pending = any(int(status.get(key, "0"), 16) & bit for key in ("SigPnd", "ShdPnd"))
     return pending or not status["State"].startswith("T")
 
 
@@ -283,18 +311,24 @@ def training_pid(cluster: Cluster, job: str) -> int | None:
     return None
 
 
-def hold_until_signalled(cluster: Cluster, job: str, sweep_dir: Path, sweep: Background) -> None:
-    """Hold the job's training process (SIGSTOP) until SLURM signals it, then let it go."""
+@contextlib.contextmanager
+def held_until(sig: signal.Signals, cluster: Cluster, job: str, sweep_dir: Path, sweep: Background, timeout=90):
+    """Hold the job's training process (SIGSTOP) from entry until SLURM sends it ``sig`` after the block,
+    then let it go: the signal meets the job mid-run however fast the machine is."""
     pid = training_pid(cluster, job)
-    if pid is None:  # signalled already (a slow start), and requeued
-        return
-    os.kill(pid, signal.SIGSTOP)
+    if pid is not None:
+        os.kill(pid, signal.SIGSTOP)
     try:  # a signal is delivered asynchronously: first see it held (or already signalled)
-        poll("the job held", lambda: stopped(pid) or "stopped by signal" in job_log(sweep_dir, job), sweep)
-        poll("SIGUSR2 from the time limit", lambda: released(pid), sweep, timeout=90)
+        if pid is not None:
+            poll("the job held", lambda: stopped(pid) or "stopped by signal" in job_log(sweep_dir, job), sweep)
+        yield
+        if pid is not None:  # else signalled already (a slow start), and requeued
+            seen = job_state(cluster, job)
+            poll(f"{sig.name} from SLURM", lambda: released(pid, sig), sweep, timeout=timeout, seen=seen)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -312,9 +346,12 @@ def at_time_limit(cluster, tmp_path_factory):
 def watch_time_limit(cluster: Cluster, sweep_dir: Path, sweep: Background) -> tuple[str, float]:
     job = poll("job under .submitit/", job_of(sweep_dir), sweep)
     poll("first checkpoint", lambda: list(sweep_dir.glob("*/checkpoint.pt")), sweep)
-    hold_until_signalled(cluster, job, sweep_dir, sweep)
+    with held_until(signal.SIGUSR2, cluster, job, sweep_dir, sweep):
+        pass  # the time limit comes by itself
     signalled = time.monotonic()
-    restarted = poll("restart after the time limit", running_again(cluster, job, 1), sweep)
+    restarted = poll(
+        "restart after the time limit", running_again(cluster, job, 1), sweep, seen=job_state(cluster, job)
+    )
     return job, restarted - signalled
 
 
