@@ -24,21 +24,37 @@ def rel_distance(weights_a, weights_b) -> float:
     return math.sqrt(diff / sum(b.double().pow(2).sum() for b in weights_b))
 
 
-# SPEC §5.1 measured ≤2e-6 (float32) and ≤1e-14 (float64) for one trajectory. Here the same
-# statement measures 4.5e-6 / 8.5e-15 on this subset, and other seeds or data orders reach
-# ~1e-4 / ~2e-13: round-off amplified ~1000x by the dynamics in both precisions alike. The
-# tolerances keep a margin over that, and stay 10^4 below a real departure (§5.3: ~0.1 per step).
-@pytest.mark.parametrize("dtype,tol", fast_first([("float32", 2e-5), ("float64", 1e-13)]))
-def test_5_1_e_is_invariant_under_orbit_augmented_sgd(run_train, dtype, tol):
-    run = run_train(*BASE, *ON_E, "mode=augmented", "augment=orbit", "lr=0.05", "max_steps=120", f"dtype={dtype}")
+# SPEC §5.1. How far round-off reaches here, measured over seeds 0-5 x shuffled / in-order data x
+# 1 and 2 torch threads (24 runs each, AMD EPYC, torch 2.14.1), max over the 121 logged steps:
+# - float64, lr 0.05: 9e-16 .. 2.2e-14 (thread count changes nothing). Bound 1e-12: 45x the
+#   largest, 10^10 below a real departure (§5.3, §5.5: 1e-3 .. 1e-1).
+# - float32, lr 0.05: 5.6e-7 .. 2.4e-4, and 3.7e-5 vs 5.5e-6 for seed 0 with 1 vs 2 threads: at
+#   this lr the dynamics amplify round-off ~1000x, so a float32 bound there would sit inside the
+#   spread. float32 is checked at the paper's lr 1e-3, where they do not amplify it:
+#   2.9e-8 .. 1.3e-7. Bound 2e-6 (SPEC's own float32 figure): 15x the largest, while nominal
+#   training at the same lr leaves E by 8.1e-2 .. 8.8e-2 within the 120 steps (the test below).
+@pytest.mark.parametrize("dtype,lr,tol", fast_first([("float32", 0.001, 2e-6), ("float64", 0.05, 1e-12)]))
+def test_5_1_e_is_invariant_under_orbit_augmented_sgd(run_train, dtype, lr, tol):
+    common = (*BASE, *ON_E, f"lr={lr}", "max_steps=120", f"dtype={dtype}")
+    run = run_train(*common, "mode=augmented", "augment=orbit")
     steps, rel = run.scalars("dist_to_E_rel/total")
     assert steps == list(range(121))  # A_0 .. A_119 before each update, then the final A_120
     assert max(rel) <= tol
 
 
+def test_5_1_float32_bound_is_far_below_a_departure(run_train):
+    """The float32 bound of §5.1 has teeth at lr 1e-3: nominal SGD from the same A_0 ∈ E exceeds it 5000-fold
+    (measured 8.1e-2 .. 8.8e-2 over the same 24 seeds, data orders and thread counts)."""
+    run = run_train(*BASE, *ON_E, "lr=0.001", "max_steps=120", "mode=nominal")
+    assert max(run.scalars("dist_to_E_rel/total")[1]) > 1e-2
+
+
 @pytest.mark.parametrize("dtype,tol", fast_first([("float32", 1e-5), ("float64", 1e-12)]))
 def test_5_2_augmented_and_equivariant_dynamics_coincide_on_e(run_train, dtype, tol):
-    """SPEC §5.2 at the paper's lr 1e-3 over 120 steps: the same weights up to round-off."""
+    """SPEC §5.2 at the paper's lr 1e-3 over 120 steps: the same weights up to round-off.
+
+    Measured on this seed over both data orders and 1 / 2 threads: 7.6e-8 .. 1.6e-7 (float32), 1.6e-16
+    (float64). Some other seeds' trajectories amplify round-off at this lr (docs/design.md), this one does not."""
     common = (*BASE, *ON_E, "lr=0.001", "max_steps=120", f"dtype={dtype}")
     augmented = run_train(*common, "mode=augmented", "augment=orbit").weights()
     equivariant = run_train(*common, "mode=equivariant").weights()
