@@ -22,13 +22,15 @@ DEFAULT_GAMMA = 10.0  # γ of the regularized modes when ``gamma`` is left unset
 @dataclass
 class DatasetConfig:
     name: str = "digits"
-    data_dir: str = "data"  # the MNIST family's root (torchvision layout: <data_dir>/MNIST/raw/...)
-    download: bool = False
+    data_dir: str = "data"  # MNIST family: <data_dir>/MNIST/raw/...; mnist_rot: its .amat files; cifar10: its folder
+    download: bool = False  # the MNIST family only (torchvision's mirrors)
     image_size: Any = 28  # an int (square) or [h, w]; digits are upscaled from 8x8; null = native size
     train_limit: Optional[int] = None  # first N training images only (quick runs)
     test_limit: Optional[int] = None
     shuffle: bool = True  # a fresh seeded order every epoch; false = in order, as in the paper
     normalize: bool = False  # standardise with the training set's scalar mean and std
+    rotate: str = "none"  # none | continuous: each image turned once by its own uniform angle (data, SPEC §11)
+    rotate_seed: int = 0  # seed of those angles; independent of the run's seed, fixed streams for train and test
 
 
 @dataclass

@@ -1,26 +1,37 @@
-"""Datasets held in memory as tensors after one load (SPEC §6).
+"""Datasets held in memory as tensors after one load (SPEC §6, §11).
 
 ``digits`` is scikit-learn's bundled 8×8 handwritten digits (offline), upscaled bilinearly to
 ``image_size`` (28 by default, so the paper's CNN applies unchanged) with a fixed, seeded,
 stratified 1 500 / 297 split. The MNIST family goes through torchvision's loaders over
-``data_dir``. Pixel values are in [0, 1] unless ``normalize`` is set, which standardises with
-one scalar mean and std of the training set (a scalar keeps the data's symmetry intact).
+``data_dir``. The benchmarks of SPEC §11 are read from their original files in ``data_dir``
+(``benchmarks.py``): ``mnist_rot`` (MNIST-rot, 12 000 / 50 000; eqtrain trains on all 12 000 of
+the train_valid file, the benchmark's 10 000 training and 2 000 validation digits alike) and
+``cifar10`` (``cifar-10-batches-py``, 50 000 / 10 000, 3 channels). ``rotate=continuous`` turns
+every image of any of them once by its own seeded angle (``rotate.py``), after resizing.
+Pixel values are in [0, 1] unless ``normalize`` is set, which standardises with one scalar mean
+and std of the training set (a scalar keeps the data's symmetry intact).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..schema import DatasetConfig
+from .benchmarks import FormatError, read_amat, read_cifar_batch
+from .rotate import ROTATE_KINDS, TEST, TRAIN, rotate_images, rotation_angles
 
-DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "kmnist")
+log = logging.getLogger(__name__)
+
+DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "kmnist", "mnist_rot", "cifar10")
 _TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
 
@@ -56,22 +67,44 @@ class DataDamaged(DataUnavailable):
 
 def load_dataset(cfg: DatasetConfig) -> Data:
     """Load ``cfg.name`` with the limits and options of the ``dataset`` config group."""
-    if cfg.name not in DATASET_NAMES:
-        raise ValueError(f"dataset.name={cfg.name!r} is not valid; use one of {', '.join(DATASET_NAMES)}")
-    image_size_of(cfg.image_size)  # validate before any loading
-    data = _load_digits(cfg.image_size) if cfg.name == "digits" else _load_torchvision(cfg)
-    for key in ("train_limit", "test_limit"):
-        limit = getattr(cfg, key)
-        if limit is not None and limit < 1:
-            raise ValueError(f"dataset.{key}={limit!r} must be a positive int or null (no limit)")
+    _validate(cfg)  # before any loading: a bad value costs nothing
+    if cfg.name == "digits":
+        data = _load_digits(cfg.image_size)
+    else:
+        data = {"mnist_rot": _load_mnist_rot, "cifar10": _load_cifar10}.get(cfg.name, _load_torchvision)(cfg)
+    n_train, n_test = len(data.x_train), len(data.x_test)
     if cfg.train_limit is not None:
         data = replace(data, x_train=data.x_train[: cfg.train_limit], y_train=data.y_train[: cfg.train_limit])
     if cfg.test_limit is not None:
         data = replace(data, x_test=data.x_test[: cfg.test_limit], y_test=data.y_test[: cfg.test_limit])
+    if cfg.rotate == "continuous":
+        # angles drawn for the whole split, then cut with it: a limit changes no image's angle
+        train_angles = rotation_angles(n_train, cfg.rotate_seed, TRAIN)[: len(data.x_train)]
+        test_angles = rotation_angles(n_test, cfg.rotate_seed, TEST)[: len(data.x_test)]
+        data = replace(
+            data, x_train=rotate_images(data.x_train, train_angles), x_test=rotate_images(data.x_test, test_angles)
+        )
     if cfg.normalize:
         mean, std = data.x_train.mean(), data.x_train.std()
         data = replace(data, x_train=(data.x_train - mean) / std, x_test=(data.x_test - mean) / std)
     return data
+
+
+def _validate(cfg: DatasetConfig) -> None:
+    if cfg.name not in DATASET_NAMES:
+        raise ValueError(f"dataset.name={cfg.name!r} is not valid; use one of {', '.join(DATASET_NAMES)}")
+    image_size_of(cfg.image_size)
+    for key in ("train_limit", "test_limit"):
+        limit = getattr(cfg, key)
+        if limit is not None and limit < 1:
+            raise ValueError(f"dataset.{key}={limit!r} must be a positive int or null (no limit)")
+    if cfg.rotate not in ROTATE_KINDS:
+        raise ValueError(
+            f"dataset.rotate={cfg.rotate!r} is not valid; use one of {', '.join(ROTATE_KINDS)} "
+            "(continuous: every image turned once by its own seeded angle)"
+        )
+    if not isinstance(cfg.rotate_seed, int) or isinstance(cfg.rotate_seed, bool) or cfg.rotate_seed < 0:
+        raise ValueError(f"dataset.rotate_seed={cfg.rotate_seed!r} is not valid; use an int >= 0")
 
 
 def image_size_of(value) -> tuple[int, int] | None:
@@ -105,8 +138,6 @@ def _digits_arrays():
     start, docs/design.md); the same arrays as ``sklearn.datasets.load_digits()`` (a test checks)."""
     import gzip
     import importlib.util
-
-    import numpy as np
 
     spec = importlib.util.find_spec("sklearn")  # locates the package without running it
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
@@ -172,6 +203,73 @@ def _load_torchvision(cfg: DatasetConfig) -> Data:
     size = image_size_of(cfg.image_size)
     x_tr, x_te = _resize(x_tr, size), _resize(x_te, size)
     return Data(x_tr, y_tr, x_te, y_te, n_classes=10)
+
+
+# The benchmarks of SPEC §11, from their original files directly in data_dir (readers: benchmarks.py).
+MNIST_ROT_FILES = {
+    "train": "mnist_all_rotation_normalized_float_train_valid.amat",
+    "test": "mnist_all_rotation_normalized_float_test.amat",
+}
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+# the originals' sizes; another count is read, with a warning (a copy cut at a line or a file short)
+EXPECTED = {"mnist_rot": (12_000, 50_000), "cifar10": (50_000, 10_000)}
+SOURCES = {
+    "mnist_rot": "the .amat files of mnist_rotation_new.zip (Larochelle et al. 2007, "
+    "http://www.iro.umontreal.ca/~lisa/icml2007data/)",
+    "cifar10": "cifar-10-batches-py/ of cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html)",
+}
+
+
+def _load_mnist_rot(cfg: DatasetConfig) -> Data:
+    (x_tr, y_tr), (x_te, y_te) = (
+        _read(cfg, Path(cfg.data_dir) / MNIST_ROT_FILES[split], read_amat) for split in ("train", "test")
+    )
+    _check_counts(cfg.name, len(y_tr), len(y_te))
+    size = image_size_of(cfg.image_size)
+    x_tr, x_te = (_resize(torch.from_numpy(x)[:, None], size) for x in (x_tr, x_te))
+    return Data(x_tr, torch.from_numpy(y_tr), x_te, torch.from_numpy(y_te), n_classes=10)
+
+
+def _load_cifar10(cfg: DatasetConfig) -> Data:
+    root = Path(cfg.data_dir) / CIFAR10_DIR
+    splits = []
+    for split in ("train", "test"):
+        batches = [_read(cfg, root / file, read_cifar_batch) for file in CIFAR10_FILES[split]]
+        images, labels = (np.concatenate(arrays) for arrays in zip(*batches))
+        # uint8 -> [0, 1]; the 3 colour channels are 3 trivial fields for G (SPEC §11)
+        splits.append((_resize(torch.from_numpy(images).float() / 255.0, image_size_of(cfg.image_size)), labels))
+    (x_tr, y_tr), (x_te, y_te) = splits
+    _check_counts(cfg.name, len(y_tr), len(y_te))
+    return Data(x_tr, torch.from_numpy(y_tr), x_te, torch.from_numpy(y_te), n_classes=10)
+
+
+def _read(cfg: DatasetConfig, path: Path, reader):
+    """One benchmark file through its reader; a missing or damaged file is one line naming it."""
+    if not path.exists():
+        raise DataUnavailable(
+            f"dataset={cfg.name}: {path} does not exist; put {SOURCES[cfg.name]} in dataset.data_dir={cfg.data_dir!r} "
+            "(eqtrain does not download it) or pass dataset.data_dir=...; dataset=digits works offline"
+        )
+    try:
+        return reader(path)
+    except FormatError as err:
+        raise DataDamaged(
+            f"dataset={cfg.name}: {path} is damaged: {err.problem}; replace it with an intact copy "
+            f"({SOURCES[cfg.name]})"
+        ) from err
+    except OSError as err:  # unreadable: permissions, I/O errors
+        raise DataUnavailable(f"dataset={cfg.name}: cannot read {path} ({err.strerror or err})") from err
+
+
+def _check_counts(name: str, n_train: int, n_test: int) -> None:
+    expected = EXPECTED[name]
+    if (n_train, n_test) != expected:
+        log.warning(
+            "dataset=%s: read %d training and %d test images; the original files hold %d and %d "
+            "(a shortened copy?)",
+            name, n_train, n_test, *expected,
+        )  # fmt: skip
 
 
 # The MNIST family's IDX files (what torchvision reads from <data_dir>/<Name>/raw/): per split, an

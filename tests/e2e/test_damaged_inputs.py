@@ -355,3 +355,49 @@ def test_a_directory_of_links_to_runs_plots_and_a_link_loop_ends(job, tmp_path, 
     assert plot([str(links), "--out", str(tmp_path / "out")]) == 0
     (row,) = rows_of(tmp_path / "out" / "summary.csv")
     assert row["n"] == "2"
+
+
+# --- the benchmark files of SPEC §11 in dataset.data_dir (MNIST-rot .amat, CIFAR-10 pickles) -------
+
+
+def test_a_damaged_mnist_rot_file_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    from ..unit.test_datasets_benchmark import TEST_AMAT, damage_line, make_mnist_rot
+
+    make_mnist_rot(tmp_path / "data")
+    path = tmp_path / "data" / TEST_AMAT
+    lines = path.read_text().splitlines()
+    lines[2] = damage_line(lines[2], 40, "2.55e+02")  # a pixel of 255: bytes, not [0, 1]
+    path.write_text("\n".join(lines) + "\n")
+    before = digest(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    code, err = cli(tmp_path, monkeypatch, capsys, "dataset=mnist_rot", f"dataset.data_dir={tmp_path / 'data'}",
+                    *TINY, f"hydra.run.dir={run_dir}")  # fmt: skip
+    line = one_line(
+        err, f"eqtrain: error: dataset=mnist_rot: {path} is damaged: line 3, pixel 41 is 255, outside [0, 1]"
+    )
+    assert code == 2 and "replace it with an intact copy" in line, line
+    assert digest(tmp_path / "data") == before
+    assert not list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage"])
+def test_a_missing_or_damaged_cifar10_batch_is_named_in_one_line(tmp_path, monkeypatch, capsys, case):
+    from ..unit.test_datasets_benchmark import make_cifar10
+
+    make_cifar10(tmp_path / "data")
+    path = tmp_path / "data" / "cifar-10-batches-py" / "test_batch"
+    if case == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(bytes(range(256)) * 8)
+    code, err = cli(tmp_path, monkeypatch, capsys, "dataset=cifar10", f"dataset.data_dir={tmp_path / 'data'}",
+                    *TINY, f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    words = "does not exist" if case == "missing" else "is damaged: it is not"
+    line = one_line(err, f"eqtrain: error: dataset=cifar10: {path} {words}")
+    assert code == 2 and "cifar-10-python.tar.gz" in line, line
+
+
+def test_a_bad_dataset_rotate_is_one_line(tmp_path, monkeypatch, capsys):
+    code, err = cli(tmp_path, monkeypatch, capsys, "dataset.rotate=yes", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    line = one_line(err, "eqtrain: error: dataset.rotate='yes' is not valid; use one of none, continuous")
+    assert code == 2, line
