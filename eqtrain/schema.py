@@ -105,6 +105,8 @@ class Config:
     data_scale: float = 1.0  # factor on the data term; the paper's objective uses 1/batch_size
     max_steps: Optional[int] = None  # stop after this many SGD steps
     log_every: int = 1  # per-step scalars every this many steps
+    eval_every: int = 1  # evaluate (SPEC §7's accuracies and errors) every this many epochs, and at the end
+    eval_train_images: Optional[int] = None  # acc/train on the first N training images; null = all of them
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64
     threads: Optional[int] = None  # torch intra-op threads; null = torch's default

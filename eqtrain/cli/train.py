@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 import sys
 import tempfile
 from importlib import resources
@@ -30,6 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..run.machine import cpus_allowed
 from ..schema import Config
 from .summary import run_summary
 
@@ -118,7 +118,7 @@ def adapt_to_launcher(cfg: DictConfig) -> None:
     """Launcher-dependent defaults, said out loud in configs/hydra/launcher/*.yaml.
 
     - joblib (``hydra/launcher=parallel``): n_jobs jobs share the cores, so each job gets
-      cpu_count // n_jobs torch threads unless ``threads`` is set.
+      (CPUs this process may use) // n_jobs torch threads unless ``threads`` is set.
     - submitit (SLURM or local): a preempted job is requeued into the same directory, so
       ``resume`` defaults to ``auto`` (continue from the checkpoint if there is one).
     """
@@ -127,7 +127,7 @@ def adapt_to_launcher(cfg: DictConfig) -> None:
     with open_dict(cfg):
         if "joblib" in target and cfg.threads is None:
             n_jobs = int(launcher.get("n_jobs", -1))
-            cores = os.cpu_count() or 1
+            cores = cpus_allowed()  # the affinity mask (taskset, SLURM's cgroups), not the machine's count
             cfg.threads = max(1, cores // n_jobs) if n_jobs > 0 else 1
         if "submitit" in target and cfg.resume is None:
             cfg.resume = "auto"

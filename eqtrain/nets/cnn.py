@@ -278,6 +278,19 @@ class EqCNN(nn.Module):
     def dim_e(self) -> int:
         return self.space.dim_e([m.channels for m in self.maps])
 
+    def activation_sizes(self) -> list[int]:
+        """Numbers of one image's activations per conv block of one seed: the conv output, then the pooled map."""
+        sizes, (h, w) = [], self.arch.in_shape[1:]
+        for m, s, (ph, pw) in zip(self.maps[:-1], self.arch.stride, self.arch.grids()):
+            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            sizes += [m.channels[0] * h * w, m.channels[0] * ph * pw]
+            h, w = ph, pw
+        return sizes
+
+    def widest_activation(self) -> int:
+        """The largest activation of one image and one seed, in numbers (what sizes a chunk of images)."""
+        return max(self.activation_sizes())
+
     def n_params(self) -> int:
         """Learnable numbers of one seed's network."""
         return sum(p.numel() for p in self.parameters()) // self.seeds
@@ -297,20 +310,19 @@ def logits_at(
     """
     n = weights[0].shape[0]
     if x.dim() == 5:
-        b = x.shape[1]
-        h = x.transpose(0, 1).reshape(b, n * x.shape[2], *x.shape[3:])
-    else:
-        b = x.shape[0]
-        h = x if n == 1 else x.repeat(1, n, 1, 1)
+        b, h, shared = x.shape[1], x.transpose(0, 1).reshape(x.shape[1], n * x.shape[2], *x.shape[3:]), False
+    else:  # one input for all seeds: the first convolution reads it once, with every seed's filters
+        b, h, shared = x.shape[0], x, True
     k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
     for i, a in enumerate(weights[:-1]):
         bias = None if biases is None else biases[i]
         if bias is not None and bias.shape[-1] != a.shape[1]:  # one per regular field (SPEC §9)
             bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
         bias = None if bias is None else bias.reshape(-1)
-        h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=n)
+        groups = 1 if i == 0 and shared else n
+        h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=groups)
         if arch.pool[i] > 1:
-            h = F.avg_pool2d(h, arch.pool[i])
+            h = avg_pool(h, arch.pool[i])
         h = act(h)
         if arch.layernorm:
             h = F.layer_norm(h, h.shape[-2:])
@@ -320,6 +332,25 @@ def logits_at(
     else:
         out = torch.bmm(h.reshape(b, n, -1).transpose(0, 1), head.flatten(2).transpose(1, 2))  # (N, B, classes)
     return out if biases is None else out + biases[-1][:, None, :]
+
+
+def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
+    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``.
+
+    Without autograd it adds the window's p² strided views in avg_pool2d's order and divides as it
+    does: 4x faster on the CPU than avg_pool2d's kernel, which was the evaluation's costliest op
+    (docs/design.md, "Evaluation"). With autograd, avg_pool2d itself (its backward is faster).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.avg_pool2d(x, p)
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    v = x[..., : h * p, : w * p].reshape(*x.shape[:-2], h, p, w, p)
+    total = v[..., 0, :, 0]
+    for i in range(p):
+        for j in range(p):
+            if i or j:
+                total = total + v[..., i, :, j]
+    return total / (p * p)
 
 
 def build_model(

@@ -24,6 +24,7 @@ from ..data.augment import Augmenter
 from ..data.datasets import Data, load_dataset
 from ..geometry.group import Group
 from ..run.checkpoint import save_checkpoint
+from ..run.machine import retain_freed_memory
 from ..run.progress import Progress
 from ..run.signals import StopSignals
 from .analyze import analyze_seeds
@@ -46,6 +47,7 @@ def train(settings: Settings, run_dir: str | Path) -> dict[str, object]:
     the next job of a sequential sweep in the same process starts from the default again.
     """
     threads = torch.get_num_threads()
+    retain_freed_memory()  # large tensors freed each step are reused, not page-faulted in anew
     try:
         with StopSignals() as stop:  # from the start: a signal never meets the default handler
             return _train(settings, Path(run_dir), stop)
@@ -72,7 +74,8 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals) -> dict[str, ob
         if state.position >= n:  # an epoch is complete: checkpoint, then evaluate
             save_checkpoint(run_dir, state.state_dict())
             state.epoch, state.position = state.epoch + 1, 0
-            log_epoch(state, out.evaluate(state, data, group))
+            if state.epoch % cfg.eval_every == 0:
+                log_epoch(state, out.evaluate(state, data, group))
         if state.step >= total or all(state.stopped):
             break
         phase = enter_phase(settings, state, group, data, out)

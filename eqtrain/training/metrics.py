@@ -40,36 +40,74 @@ def step_rows(loss: torch.Tensor, dist: torch.Tensor, gamma: torch.Tensor, data_
     return torch.cat([torch.stack([data, reg, total, gamma], dim=-1), dist], dim=-1)
 
 
+# The widest activation of one evaluation chunk, all seeds together. Under glibc's largest mmap
+# threshold (32 MiB), with ``run.machine.retain_freed_memory``, a chunk's temporaries are reused from
+# the heap instead of being mapped and page-faulted anew (docs/design.md, "Evaluation").
+EVAL_BYTES = 8 << 20
+
+
+def eval_chunk(model: EqCNN, budget: int = EVAL_BYTES) -> int:
+    """Images per evaluation chunk: the widest activation of all seeds stays within ``budget`` bytes."""
+    per_image = model.seeds * model.widest_activation() * model.flat.element_size()
+    return max(1, budget // per_image)
+
+
 @torch.no_grad()
-def evaluate(model: EqCNN, data: Data, group: Group, chunk: int = 2048) -> list[dict[str, float]]:
+def evaluate(
+    model: EqCNN, data: Data, group: Group, train_images: int | None = None, budget: int = EVAL_BYTES
+) -> list[dict[str, float]]:
     """Per seed: accuracies and equivariance errors of the model (SPEC §7), and of its projection Π_E(A).
 
     The projected model (SPEC §10) is the exactly equivariant network nearest to the weights:
-    its accuracy is what the run would give if snapped onto E.
+    its accuracy is what the run would give if snapped onto E. ``train_images``: acc/train on the
+    first that many training images (None: all). Every figure is a sum over chunks of images, each
+    chunk's activations within ``budget`` bytes, so memory does not grow with the data set.
     """
     weights = model.weights()
     biases = list(model.biases) if model.arch.bias else None
-    own = _accuracies(model.arch, weights, biases, data, group, chunk, full=True)
-    projected = _accuracies(model.arch, model.space.project_e(weights), biases, data, group, chunk, full=False)
-    out = {**own, "acc/test_projected": projected["acc/test"], "acc/test_orbit_projected": projected["acc/test_orbit"]}
-    values = torch.stack([v.double() for v in out.values()], dim=1).tolist()  # one host read for every seed
-    return [dict(zip(out, row)) for row in values]
+    chunk = eval_chunk(model, budget)
+    n_train = len(data.y_train) if train_images is None else min(train_images, len(data.y_train))
+    n_test, orbit = len(data.y_test), len(data.y_test) * group.order
+    train = _correct(model.arch, weights, biases, data.x_train[:n_train], data.y_train[:n_train], chunk)
+    own = _orbit_sums(model.arch, weights, biases, data, group, chunk, errors=True)
+    # the projected model's weights are made once per evaluation
+    snapped = _orbit_sums(model.arch, model.space.project_e(weights), biases, data, group, chunk, errors=False)
+    values = {
+        "acc/train": train / n_train,
+        "acc/test": own["acc/test"] / n_test,
+        "acc/test_orbit": own["acc/test_orbit"] / orbit,
+        "equiv/test_error": own["equiv/test_error"] / orbit,
+        "equiv/test_consistency": own["equiv/test_consistency"] / n_test,
+        "acc/test_projected": snapped["acc/test"] / n_test,
+        "acc/test_orbit_projected": snapped["acc/test_orbit"] / orbit,
+    }
+    rows = torch.stack(list(values.values()), dim=1).tolist()  # one host read for every seed
+    return [dict(zip(values, row)) for row in rows]
 
 
-def _accuracies(arch, weights, biases, data: Data, group: Group, chunk: int, full: bool) -> dict[str, torch.Tensor]:
-    def logits(x: torch.Tensor) -> torch.Tensor:  # (N, B, classes)
-        return torch.cat([logits_at(arch, weights, x[i : i + chunk], biases) for i in range(0, len(x), chunk)], 1)
+def _correct(arch, weights, biases, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(N,) float64: each seed's number of correctly classified images of x."""
+    total = torch.zeros(weights[0].shape[0], dtype=torch.float64, device=x.device)
+    for i in range(0, len(x), chunk):
+        total += (logits_at(arch, weights, x[i : i + chunk], biases).argmax(-1) == y[i : i + chunk]).sum(1)
+    return total
 
-    out = {}
-    if full:
-        out["acc/train"] = (logits(data.x_train).argmax(-1) == data.y_train).double().mean(1)
-    base = logits(data.x_test)  # (N, B, classes)
-    orbit = torch.stack([logits(group.act(data.x_test, i)) for i in range(group.order)])  # (|G|, N, B, classes)
-    pred = orbit.argmax(-1)  # (|G|, N, B); pred[0] is the identity's
-    out["acc/test"] = (pred[0] == data.y_test).double().mean(1)
-    out["acc/test_orbit"] = (pred == data.y_test).double().mean((0, 2))
-    if full:
-        err = (orbit - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(torch.finfo(base.dtype).tiny)
-        out["equiv/test_error"] = err.mean((0, 2))
-        out["equiv/test_consistency"] = (pred == pred[0]).all(0).double().mean(1)
-    return out
+
+def _orbit_sums(arch, weights, biases, data: Data, group: Group, chunk: int, errors: bool) -> dict[str, torch.Tensor]:
+    """(N,) float64 sums over the test set and its |G| transforms: correct at g = e, correct over the
+    orbit, and (``errors``) ‖f(g·x) − f(x)‖ / ‖f(x)‖ and whether every g·x gets x's class."""
+    n = weights[0].shape[0]
+    keys = ("acc/test", "acc/test_orbit") + (("equiv/test_error", "equiv/test_consistency") if errors else ())
+    sums = {key: torch.zeros(n, dtype=torch.float64, device=data.x_test.device) for key in keys}
+    for i in range(0, len(data.y_test), chunk):
+        x, y = data.x_test[i : i + chunk], data.y_test[i : i + chunk]
+        orbit = torch.stack([logits_at(arch, weights, group.act(x, g), biases) for g in range(group.order)])
+        pred = orbit.argmax(-1)  # (|G|, N, B); pred[0] is the identity's
+        sums["acc/test"] += (pred[0] == y).sum(1)
+        sums["acc/test_orbit"] += (pred == y).sum((0, 2))
+        if errors:
+            base = orbit[0]
+            err = (orbit - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(torch.finfo(base.dtype).tiny)
+            sums["equiv/test_error"] += err.double().sum((0, 2))
+            sums["equiv/test_consistency"] += (pred == pred[0]).all(0).sum(1)
+    return sums

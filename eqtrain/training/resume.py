@@ -9,6 +9,7 @@ import torch
 
 from ..run.checkpoint import PREVIOUS_FILE, load_checkpoint
 from ..run.files import CHECKPOINT_FILE, holds_run, seed_dir, set_aside
+from ..run.machine import cpus_allowed
 from .settings import ConfigError, Settings
 
 log = logging.getLogger("eqtrain")
@@ -31,7 +32,8 @@ def open_run_dir(settings: Settings, run_dir: Path) -> tuple[Path, dict | None]:
     resuming = resume is True or (isinstance(resume, str) and resume != "auto") or (resume == "auto" and has_checkpoint)
     ckpt = load_checkpoint(run_dir, settings.config_hash(), cfg.force_resume) if resuming else None
     if ckpt is None:
-        for d in {seed_dir(run_dir, s, len(settings.seeds)) for s in settings.seeds}:
+        seeds = settings.seeds  # a new tuple at each use: once, or this loop is quadratic in seeds
+        for d in {seed_dir(run_dir, s, len(seeds)) for s in seeds}:
             if not holds_run(d):
                 continue
             if resume != "auto":
@@ -43,8 +45,11 @@ def open_run_dir(settings: Settings, run_dir: Path) -> tuple[Path, dict | None]:
 
 
 def set_threads(threads: int | None, saved: int | None) -> None:
+    """``threads``, else at most one per CPU this process may use (taskset, SLURM's cgroups); a resume's saved count."""
     if threads:
         torch.set_num_threads(threads)
+    elif torch.get_num_threads() > cpus_allowed():
+        torch.set_num_threads(cpus_allowed())
     if saved is None or saved == torch.get_num_threads():
         return
     if threads:  # the user's explicit choice wins, but say what it costs

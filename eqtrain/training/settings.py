@@ -89,7 +89,8 @@ class Settings:
 
 
 # Keys that do not change the numbers a run produces, so a resume may change them.
-_NOT_HASHED = ("resume", "force_resume", "threads", "analyze", "analyze_samples", "analyze_iterations")
+_NOT_HASHED = ("resume", "force_resume", "threads", "analyze", "analyze_samples", "analyze_iterations", "eval_every")
+_NOT_HASHED += ("eval_train_images",)
 
 
 def _get(cfg, dotted: str):
@@ -138,6 +139,12 @@ def _check_values(cfg: Config, need) -> None:
     need(cfg.augment in AUGMENT_KINDS, "augment", f"use one of {', '.join(AUGMENT_KINDS)}")
     need(cfg.device in DEVICES, "device", f"use one of {', '.join(DEVICES)}")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "use an int >= 1 or null")
+    need(cfg.eval_every >= 1, "eval_every", "use an int >= 1 (epochs between evaluations)")
+    need(
+        cfg.eval_train_images is None or cfg.eval_train_images >= 1,
+        "eval_train_images",
+        "use an int >= 1 or null (all training images)",
+    )
     need(cfg.seeds >= 1, "seeds", "use an int >= 1")
     need(cfg.gamma_schedule in SCHEDULES, "gamma_schedule", f"use one of {', '.join(SCHEDULES)}")
     need(math.isfinite(cfg.gamma_start) and cfg.gamma_start >= 0, "gamma_start", "use a finite number >= 0")

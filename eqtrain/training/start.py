@@ -10,6 +10,7 @@ from ..data.datasets import Data
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN, build_model
 from ..nets.init import initial_weights_of_seeds
+from .footprint import check_fits
 from .settings import ConfigError, Phase, Settings
 from .state import RunState
 
@@ -51,6 +52,10 @@ def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | No
     """The run's state at its start: every seed at its A₀ (the same for every mode), or the checkpoint's."""
     check_models(settings, group, data)
     cfg = settings.config
+    if settings.device.type == "cpu":  # before the seeds' weights are made: a run that cannot fit never starts
+        largest = build_model(cfg.model, group, data.image_shape, data.n_classes, False, settings.dtype)
+        orbit = any(p.dyn.augment and p.augment == "orbit" for p in settings.phases)
+        check_fits(settings, largest, group.order if orbit else 1)
     phase = settings.phases[ckpt["phase"] if ckpt is not None else 0]
     model = new_model(settings, phase.dyn.constrain, group, data)
     a0 = initial_weights_of_seeds(model, cfg.init.scheme, cfg.init.sigma, list(settings.seeds))

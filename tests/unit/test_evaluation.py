@@ -1,0 +1,113 @@
+"""The evaluation (SPEC §7, §10) in chunks: the same figures whatever the chunk, bounded memory, the same
+pooling bit for bit, and one input read once by every seed's first convolution."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eqtrain.data.datasets import Data
+from eqtrain.geometry.group import Group
+from eqtrain.nets.cnn import avg_pool, build_model, logits_at
+from eqtrain.schema import ModelConfig
+from eqtrain.training.metrics import eval_chunk, evaluate
+
+from ..helpers import TINY
+
+
+def ensemble(seeds: int, dtype=torch.float32, **model):
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(**model), Group.from_name("c4"), (1, 28, 28), 10, False, dtype, seeds=seeds)
+    with torch.no_grad():
+        m.flat.normal_(0, 0.3)
+    return m
+
+
+def tiny_data(dtype=torch.float32) -> Data:
+    g = torch.Generator().manual_seed(1)
+    x = lambda n: torch.rand(n, 1, 28, 28, generator=g, dtype=dtype)  # noqa: E731
+    y = lambda n: torch.randint(0, 10, (n,), generator=g)  # noqa: E731
+    return Data(x(37), y(37), x(23), y(23), 10)
+
+
+def reference(model, data: Data, group: Group) -> dict[str, torch.Tensor]:
+    """SPEC §7's figures straight from their definitions: every image at once, no chunks."""
+    with torch.no_grad():
+        orbit = torch.stack([model(group.act(data.x_test, g)) for g in range(group.order)])
+        pred = orbit.argmax(-1)
+        err = (orbit - orbit[0]).norm(dim=-1) / orbit[0].norm(dim=-1)
+        return {
+            "acc/train": (model(data.x_train).argmax(-1) == data.y_train).double().mean(1),
+            "acc/test": (pred[0] == data.y_test).double().mean(1),
+            "acc/test_orbit": (pred == data.y_test).double().mean((0, 2)),
+            "equiv/test_error": err.double().mean((0, 2)),
+            "equiv/test_consistency": (pred == pred[0]).all(0).double().mean(1),
+        }
+
+
+@pytest.mark.parametrize("budget", [1, 200_000, 1 << 30], ids=["one image", "a few images", "all at once"])
+def test_every_figure_is_the_same_whatever_the_chunk(budget):
+    """Accuracies are counts: exactly equal. The error is a mean of float32 ratios, summed in float64
+    per chunk instead of in float32 at once: equal to float32 round-off (≤1e-6 relative)."""
+    model, data, group = ensemble(3), tiny_data(), Group.from_name("c4")
+    expected = reference(model, data, group)
+    got = evaluate(model, data, group, budget=budget)
+    for key, values in expected.items():
+        ours = torch.tensor([row[key] for row in got], dtype=torch.float64)
+        if key == "equiv/test_error":
+            assert torch.allclose(ours, values, rtol=1e-6, atol=0), key
+        else:
+            assert torch.equal(ours, values), key
+    assert min(row["equiv/test_error"] for row in got) > 1e-2  # off E: the comparison has teeth
+
+
+def test_the_projected_model_is_evaluated_at_its_own_weights():
+    """acc/test_projected is the accuracy of Π_E(A) (SPEC §10): a 1-seed model set to Π_E(A) gives it."""
+    model, data, group = ensemble(2), tiny_data(), Group.from_name("c4")
+    got = evaluate(model, data, group)
+    snapped = ensemble(2)
+    snapped.set_weights(model.space.project_e(model.weights()))
+    expected = reference(snapped, data, group)
+    assert [row["acc/test_projected"] for row in got] == expected["acc/test"].tolist()
+    assert [row["acc/test_orbit_projected"] for row in got] == expected["acc/test_orbit"].tolist()
+
+
+def test_train_accuracy_on_a_fixed_subset():
+    model, data, group = ensemble(2), tiny_data(), Group.from_name("c4")
+    got = evaluate(model, data, group, train_images=11)
+    head = Data(data.x_train[:11], data.y_train[:11], data.x_test, data.y_test, 10)
+    assert [row["acc/train"] for row in got] == reference(model, head, group)["acc/train"].tolist()
+
+
+def test_a_chunk_holds_the_widest_activation_of_all_seeds_within_the_budget():
+    model = ensemble(30)
+    widest = 16 * 28 * 28  # conv1's output, per image and seed
+    assert model.widest_activation() == widest
+    assert eval_chunk(model, budget=8 << 20) == (8 << 20) // (30 * widest * 4)
+    assert eval_chunk(model, budget=1) == 1  # at least one image
+
+
+@pytest.mark.parametrize("p", [2, 3])
+@pytest.mark.parametrize("shape", [(3, 5, 28, 28), (2, 4, 15, 15), (2, 3, 9, 13)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_average_pooling_equals_torchs_bit_for_bit(p, shape, dtype):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(avg_pool(x, p), F.avg_pool2d(x, p))
+
+
+def test_one_input_shown_to_every_seed_equals_each_seed_given_its_own_copy():
+    """The first convolution reads a shared input once, with every seed's filters (float64: ≤1e-12)."""
+    model = ensemble(4, torch.float64)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        shared = logits_at(model.arch, model.weights(), x)
+        apart = logits_at(model.arch, model.weights(), x.expand(4, *x.shape))
+    assert (shared - apart).abs().max().item() <= 1e-12 * apart.abs().max().item()
+
+
+def test_eval_every_evaluates_every_k_epochs_and_at_the_end(run_train):
+    """eval_every=2 over 3 epochs of 10 steps: step 0, epoch 2, and the final step 30."""
+    run = run_train(*TINY, "epochs=3", "eval_every=2", "eval_train_images=20")
+    steps, _ = run.scalars("acc/test")
+    assert steps == [0, 20, 30]
+    assert run.scalars("acc/train")[0] == [0, 20, 30]
