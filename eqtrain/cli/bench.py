@@ -28,12 +28,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..data.augment import Augmenter
+from ..data.datasets import Data
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN, build_model
 from ..nets.init import initial_weights_of_seeds
+from ..run.machine import retain_freed_memory
 from ..run.tblog import RunLogger
 from ..schema import ModelConfig
-from ..training.metrics import step_tags
+from ..training.metrics import evaluate, step_tags
 from ..training.modes import MODES, Dynamics
 from ..training.step import sgd_step
 from ..training.steplog import StepLog
@@ -113,6 +115,44 @@ def make_eqtrain(
         log.add(i, result.loss, result.weights, gamma, stopped)
 
     return step, (log, loggers)
+
+
+def forward_flops(model: EqCNN) -> int:
+    """Multiply-adds × 2 of one image's forward pass through one seed's network (convs and head)."""
+    flops, (h, w) = 0, model.arch.in_shape[1:]
+    k2 = model.arch.kernel_size**2
+    for m, s, (ph, pw) in zip(model.maps[:-1], model.arch.stride, model.arch.grids()):
+        h, w = (h - 1) // s + 1, (w - 1) // s + 1
+        flops += 2 * m.channels[0] * m.channels[1] * k2 * h * w
+        h, w = ph, pw
+    out, inputs = model.maps[-1].channels
+    return flops + 2 * out * inputs * model.maps[-1].size
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matmul in this process: the machine's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times)
+
+
+def eval_cost(n_seeds: int, model_cfg: ModelConfig | None = None) -> float:
+    """Seconds per image and seed of the evaluation (``metrics.evaluate``: model and projected model, test orbit)."""
+    model_cfg = ModelConfig() if model_cfg is None else model_cfg
+    group = Group.from_name("c4")
+    model = build_model(model_cfg, group, SHAPE, CLASSES, False, seeds=n_seeds)
+    data = Data(torch.rand(1000, *SHAPE), torch.randint(0, CLASSES, (1000,)), torch.rand(250, *SHAPE),
+                torch.randint(0, CLASSES, (250,)), CLASSES)  # fmt: skip
+    evaluate(model, data, group)
+    start = time.perf_counter()
+    evaluate(model, data, group)
+    images = len(data.y_train) + 2 * group.order * len(data.y_test)
+    return (time.perf_counter() - start) / images / n_seeds
 
 
 def close(log: tuple[StepLog, list[RunLogger]] | None) -> None:
@@ -213,9 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seeds", type=int, default=8, help="ensemble size for the seeds=N comparison (0: skip)")
+    parser.add_argument("--seeds", type=int, default=30, help="ensemble size for the seeds=N comparison (0: skip)")
     parser.add_argument("--model", default="paper_cnn", help="model preset: paper_cnn (default), gcnn, deep_cnn")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # as a run does
     model_cfg = model_config(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,10 +284,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'ensemble (seeds=N)':<20}{rates['ensemble']:>10.0f}")
         print(f"{'sequential':<20}{rates['sequential']:>10.0f}")
         print(f"{'speed-up':<20}{rates['ensemble'] / rates['sequential']:>10.2f}")
+        model = build_model(model_cfg, Group.from_name("c4"), SHAPE, CLASSES, False)
+        step_flops = 3 * forward_flops(model) * 10  # forward + backward ≈ 3 forwards, batch 10, per model-step
+        peak = matmul_peak()
+        fraction = rates["ensemble"] * step_flops / peak
+        per_image = eval_cost(args.seeds, model_cfg)
+        print(f"training step: {step_flops / 1e6:.1f} MFLOP per model-step, {rates['ensemble'] * step_flops / 1e9:.1f} "
+              f"GFLOP/s = {fraction:.1%} of a 2048^3 float32 matmul ({peak / 1e9:.0f} GFLOP/s)")  # fmt: skip
+        print(f"evaluation: {per_image * 1e6:.1f} us per image and seed (seeds={args.seeds})")
         report["ensemble"] = {
             "seeds": args.seeds,
             "model_steps_per_s": {k: round(v, 1) for k, v in rates.items()},
             "speedup": round(rates["ensemble"] / rates["sequential"], 3),
+            "step_gflops": round(rates["ensemble"] * step_flops / 1e9, 2),
+            "matmul_gflops": round(peak / 1e9, 1),
+            "fraction_of_peak": round(fraction, 4),
+            "eval_us_per_image_seed": round(per_image * 1e6, 2),
         }
     print(json.dumps(report))
 

@@ -118,3 +118,24 @@ def test_gcnn_trains_in_a_random_basis_of_l(run_train):
     run = run_train(*SMALL, "mode=augreg", "model.parametrization=basis", "model.support=cross", "max_steps=3")
     assert run.metrics()["status"] == "completed"
     assert all(w[..., [0, 2, 6, 8]].abs().max() == 0 for w in run.weights()[:-1])  # in L: off the cross is 0
+
+
+def test_bench_reports_the_ensemble_its_fraction_of_peak_and_the_evaluation(capsys):
+    """The figures issue 24 asks of eqtrain-bench: model-steps/s, FLOP/s against a matmul, evaluation per image."""
+    bench(["--batch", "10", "--steps", "2", "--rounds", "1", "--warmup", "1", "--seeds", "2"])
+    ensemble = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ensemble"]
+    assert ensemble["seeds"] == 2 and ensemble["model_steps_per_s"]["ensemble"] > 0
+    assert 0 < ensemble["fraction_of_peak"] < 1.5  # a step's FLOP/s over a 2048^3 matmul's
+    assert ensemble["step_gflops"] == pytest.approx(ensemble["fraction_of_peak"] * ensemble["matmul_gflops"], rel=0.05)
+    assert ensemble["eval_us_per_image_seed"] > 0
+
+
+def test_the_paper_cnn_costs_its_known_flops():
+    """conv1 1→16 and conv2 16→16 (3x3) on 28x28 and 14x14, head 784→10: 1.14 MFLOP per image (SPEC §8)."""
+    from eqtrain.cli.bench import forward_flops
+    from eqtrain.geometry.group import Group
+    from eqtrain.nets.cnn import build_model
+    from eqtrain.schema import ModelConfig
+
+    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
+    assert forward_flops(model) == 2 * (16 * 1 * 9 * 28 * 28 + 16 * 16 * 9 * 14 * 14 + 10 * 784)
