@@ -14,8 +14,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "weights.pt"
@@ -57,6 +55,8 @@ def _finite(value):
 
 def save_weights(path: Path, payload: dict) -> None:
     """weights.pt: the final weights A (a list of (out, in, s) tensors, layer names alongside) and θ."""
+    import torch  # here, not at the top: the command line reads these names before torch is needed
+
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 

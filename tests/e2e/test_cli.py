@@ -150,3 +150,23 @@ def test_wheel_contains_every_config_file(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[32, 64, 64]"
+
+
+NO_HEAVY_IMPORTS = """
+import sys
+sys.argv = ["eqtrain", *sys.argv[1:]]
+from eqtrain.cli.train import run
+try:
+    run()
+except SystemExit:
+    pass
+print("heavy:", ",".join(m for m in ("torch", "numpy", "matplotlib", "tensorboard") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [["gamm=0.1"], ["--help"], ["mode=augreg", "gamma=-1"]])
+def test_a_typo_help_or_bad_value_is_answered_without_loading_torch(tmp_path, args):
+    """The command line's promise (cli/train.py): these answers come before torch, numpy, matplotlib or
+    tensorboard is imported (import torch alone takes ~1.4 s)."""
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.stdout.strip().splitlines()[-1] == "heavy:", proc.stdout[-500:] + proc.stderr[-2000:]
