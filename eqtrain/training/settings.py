@@ -220,6 +220,7 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "bias": cfg.model.bias,
         "basis_seed": cfg.model.basis_seed,
         "normalize": cfg.dataset.normalize,
+        "rotate": "none" if cfg.dataset.rotate == "none" else f"{cfg.dataset.rotate} (seed {cfg.dataset.rotate_seed})",
         "phases": _describe(settings.phases) if cfg.phases else "",
         "twin": cfg.twin,
         "gamma_schedule": cfg.gamma_schedule,

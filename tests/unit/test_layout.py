@@ -46,7 +46,9 @@ def graph() -> dict[str, set[str]]:
 
 def layer(module: str) -> int:
     parts = module.split(".")
-    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else -1  # eqtrain/__init__: below all
+    if len(parts) == 1:  # eqtrain/__init__: the front door above all (eqtrain.train loads cli.python_api)
+        return len(LAYERS)
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else -1
 
 
 def upward_edges(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
