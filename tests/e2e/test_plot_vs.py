@@ -19,7 +19,6 @@ from eqtrain.cli.vs_gamma import TABLE_METRICS, figure
 
 from ..helpers import make_config, train_config
 
-pytestmark = pytest.mark.xdist_group("plot_vs")  # one worker: the module's sweep is trained once
 
 TINY = ("dataset.train_limit=40", "dataset.test_limit=20", "epochs=1", "max_steps=3")
 RAMP = ("gamma_schedule=exp", "gamma_start=0.01", "gamma_ramp_steps=2")
@@ -42,7 +41,8 @@ GROUPS = {
     ("nomreg", "constant", 1.0),
 }
 
-pytestmark = pytest.mark.slow  # a sweep of 7 jobs (12 runs of 3 steps)
+# One worker (xdist_group): the module's sweep of 7 jobs (12 runs of 3 steps) is trained once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plot_vs")]
 
 
 @pytest.fixture(scope="module")
