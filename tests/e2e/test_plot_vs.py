@@ -19,7 +19,6 @@ from eqtrain.cli.vs_gamma import TABLE_METRICS, figure
 
 from ..helpers import make_config, train_config
 
-
 TINY = ("dataset.train_limit=40", "dataset.test_limit=20", "epochs=1", "max_steps=3")
 RAMP = ("gamma_schedule=exp", "gamma_start=0.01", "gamma_ramp_steps=2")
 RAMP_NAME = "exp ramp from 0.01 over 2 steps"
