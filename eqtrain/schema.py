@@ -43,9 +43,13 @@ class ModelConfig:
     parametrization: str = "orthogonal"  # orthogonal | basis
     basis_seed: int = 0  # seed of the random basis of parametrization=basis
     activation: str = "tanh"  # tanh | relu | gelu | sigmoid
-    pool: Any = 2  # average-pool factor after each conv: an int or one per conv (1 = none)
+    pool: Any = 2  # pooling factor after each conv: an int or one per conv (1 = none)
+    pool_kind: str = "avg"  # avg | max: that pooling, over aligned blocks (exact under G on sizes it divides)
     stride: Any = 1  # conv stride: an int or one per conv
-    layernorm: bool = True  # LayerNorm over (H, W) without affine after each block
+    padding: str = "same"  # same (zero padding k//2, size kept) | valid (none: each conv trims k-1; Cohen & Welling)
+    layernorm: bool = True  # LayerNorm over (H, W) without affine after each block; model.norm, when set, overrides
+    norm: Optional[str] = None  # layernorm | batchnorm (per field) | batchnorm_channel | none | null (model.layernorm)
+    group_pool: bool = False  # before the head: max over each field's |G| channels, then mean over (H, W) (SPEC §11)
     bias: bool = False
 
 

@@ -1,9 +1,11 @@
 """The CNNs of SPEC §1 and §8, built from a Group, a support and a parametrization.
 
-Layers: conv k×k (zero padding k//2) → average pool → activation → LayerNorm over (H, W)
-(no affine), repeated, then flatten → linear head. Every learnable linear map is a
-``ParametrizedMap`` paired with the ``LayerSpace`` that knows its E; the forward pass only
-ever sees plain weight tensors, so a new group or parametrization touches no layer code.
+Layers: conv k×k (zero padding k//2, or none) → average or max pool → activation → a
+normalization (LayerNorm over (H, W) without affine by default, a per-field batch norm, or none),
+repeated, then flatten → linear head (optionally after pooling over the group and the pixels:
+SPEC §11's P4CNN). Every learnable linear map is a ``ParametrizedMap`` paired with the
+``LayerSpace`` that knows its E; the forward pass only ever sees plain weight tensors, so a new
+group or parametrization touches no layer code. The parameter-free pieces are in ``layers``.
 
 Every weight carries a leading seed axis: N seeds of one architecture are one network whose
 convolutions are grouped by seed (N = 1 is a plain convolution), so an ensemble costs like
@@ -19,7 +21,8 @@ joint action of G off them; the forward pass is the same convolution either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +36,13 @@ from ..geometry.projection import LayerSpace
 from ..geometry.space import Distances, NetworkSpace
 from ..geometry.support import make_support
 from ..schema import ModelConfig
+from .layers import NORMS, POOL_KINDS, group_pool, normalize, pool
+from .layers import avg_pool as avg_pool  # re-exported: its home was this module
 
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu, "sigmoid": torch.sigmoid}
+PADDINGS = ("same", "valid")  # zero padding k//2 (the map keeps its size) | none (it shrinks by k − 1)
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,16 @@ class Architecture:
     pool: tuple[int, ...]
     stride: tuple[int, ...]
     activation: str = "tanh"
-    layernorm: bool = True
+    norm: str = "layernorm"  # one of layers.NORMS, after each block's activation
     bias: bool = False
     fibers: tuple[str, ...] = ()  # field type per hidden layer; () = all trivial
+    padding: str = "same"  # one of PADDINGS
+    pool_kind: str = "avg"  # one of layers.POOL_KINDS
+    group_pool: bool = False  # max over each field's channels, then mean over (H, W), before the head
+
+    @property
+    def layernorm(self) -> bool:
+        return self.norm == "layernorm"
 
     def field_types(self, group: Group) -> list[FieldType]:
         """The field types of the input, of every hidden layer, and of the logits (SPEC §9)."""
@@ -60,15 +73,32 @@ class Architecture:
         hidden = [FieldType(group, kind, c) for kind, c in zip(fibers, self.channels)]
         return [FieldType(group, "trivial", self.in_shape[0]), *hidden, FieldType(group, "trivial", self.n_classes)]
 
+    def head_input(self, group: Group) -> tuple[FieldType, tuple[int, int]]:
+        """The fields the head reads and their (h, w) grid: the last block's, or after ``group_pool``
+        one trivial field per field on a single pixel (a G-invariant vector)."""
+        fields = self.field_types(group)[-2]
+        if self.group_pool:
+            return FieldType(group, "trivial", fields.fields), (1, 1)
+        return fields, self.grids()[-1]
+
+    def blocks(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """((h, w) of the conv output, (h, w) after pooling) of every conv block."""
+        h, w = self.in_shape[1:]
+        k, pad, out = self.kernel_size, self.padding_size, []
+        for s, p in zip(self.stride, self.pool):
+            h, w = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+            conv = (h, w)
+            h, w = h // p, w // p
+            out.append((conv, (h, w)))
+        return out
+
+    @property
+    def padding_size(self) -> int:
+        return self.kernel_size // 2 if self.padding == "same" else 0
+
     def grids(self) -> list[tuple[int, int]]:
         """(h, w) of the map after each conv block; the last one feeds the head."""
-        h, w = self.in_shape[1:]
-        out = []
-        for s, p in zip(self.stride, self.pool):
-            h, w = (h - 1) // s + 1, (w - 1) // s + 1
-            h, w = h // p, w // p
-            out.append((h, w))
-        return out
+        return [pooled for _, pooled in self.blocks()]
 
     def check_sizes(self) -> None:
         for i, (h, w) in enumerate(self.grids(), start=1):
@@ -76,20 +106,34 @@ class Architecture:
                 raise ValueError(
                     f"conv{i} leaves a {h}x{w} map from {self.in_shape[1]}x{self.in_shape[2]} images: "
                     "use larger images (dataset.image_size) or less pooling / stride (model.pool, model.stride)"
+                    + (" or model.padding=same" if self.padding == "valid" else "")
                 )
 
     def equivariance_breakers(self) -> list[str]:
-        """Why the architecture is not exactly G-equivariant (empty when it is; SPEC §1)."""
+        """Why the architecture is not exactly G-equivariant (empty when it is; SPEC §1, §11)."""
         problems = []
         h, w = self.in_shape[1:]
+        k, pad = self.kernel_size, self.padding_size
         for i, (s, p) in enumerate(zip(self.stride, self.pool), start=1):
-            if s > 1 and ((h - 1) % s or (w - 1) % s):
+            # (with zero padding k//2 this is (h − 1) % s: the sampled grid must be centred)
+            if s > 1 and ((h + 2 * pad - k) % s or (w + 2 * pad - k) % s):
                 problems.append(f"conv{i} stride {s} on a {h}x{w} map samples an off-centre grid")
-            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+            h, w = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
             if p > 1 and (h % p or w % p):
                 problems.append(f"conv{i} pooling {p} on a {h}x{w} map drops border pixels")
             h, w = h // p, w // p
         return problems
+
+    def norm_breakers(self) -> list[str]:
+        """Normalizations that treat the channels G permutes into each other differently (SPEC §11)."""
+        if self.norm != "batchnorm_channel":
+            return []
+        regular = [f"conv{i}" for i, kind in enumerate(self.fibers, start=1) if kind == "regular"]
+        if not regular:  # per channel is per field on trivial fields
+            return []
+        return [
+            f"model.norm='batchnorm_channel' normalizes each channel of {', '.join(regular)}'s regular fields apart"
+        ]
 
 
 def _per_layer(value: int | Sequence[int], n: int, key: str) -> tuple[int, ...]:
@@ -108,6 +152,20 @@ def _fibers(value: str | Sequence[str], n: int) -> tuple[str, ...]:
     return values
 
 
+def _choice(key: str, value: object, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ValueError(f"model.{key}={value!r} is not valid; use one of {', '.join(valid)}")
+    return value
+
+
+def _norm(model_cfg: ModelConfig) -> str:
+    """``model.norm`` when set; otherwise the older switch ``model.layernorm`` (true: layernorm, false: none)."""
+    norm = getattr(model_cfg, "norm", None)
+    if norm is None:
+        return "layernorm" if model_cfg.layernorm else "none"
+    return _choice("norm", norm, NORMS)
+
+
 def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, int], n_classes: int) -> Architecture:
     channels = tuple(model_cfg.channels)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
@@ -115,8 +173,7 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
     k = model_cfg.kernel_size
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
         raise ValueError(f"model.kernel_size={k!r} must be a positive odd integer (1, 3, 5, ...)")
-    if model_cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation={model_cfg.activation!r} is not valid; use one of {', '.join(ACTIVATIONS)}")
+    _choice("activation", model_cfg.activation, tuple(ACTIVATIONS))
     n = len(channels)
     return Architecture(
         in_shape=tuple(in_shape),
@@ -126,9 +183,12 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
         pool=_per_layer(model_cfg.pool, n, "model.pool"),
         stride=_per_layer(model_cfg.stride, n, "model.stride"),
         activation=model_cfg.activation,
-        layernorm=bool(model_cfg.layernorm),
+        norm=_norm(model_cfg),
         bias=bool(model_cfg.bias),
         fibers=_fibers(model_cfg.fibers, n),
+        padding=_choice("padding", getattr(model_cfg, "padding", "same"), PADDINGS),
+        pool_kind=_choice("pool_kind", getattr(model_cfg, "pool_kind", "avg"), POOL_KINDS),
+        group_pool=bool(getattr(model_cfg, "group_pool", False)),
     )
 
 
@@ -153,17 +213,17 @@ class EqCNN(nn.Module):
         self._check_exact(arch, constrain)
         self.arch, self.group, self.constrain = arch, group, constrain
         k = arch.kernel_size
-        fh, fw = arch.grids()[-1]
         generator = torch.Generator().manual_seed(basis_seed)
         spaces, self.maps = [], nn.ModuleList()
         types = arch.field_types(group)
+        head_in, (fh, fw) = arch.head_input(group)  # the last block's fields, or their group pooling
         grids = [(k, k, support)] * len(arch.channels) + [(fh, fw, None)]  # the last: the invariant head
-        for out_type, in_type, (sh, sw, mask) in zip(types[1:], types, grids):
+        for out_type, in_type, (sh, sw, mask) in zip(types[1:], [*types[:-2], head_in], grids):
             space = LayerSpace(group, sh, sw, mask, dtype, out_type, in_type)
             basis = make_basis(space, parametrization, constrain, generator)
             spaces.append(space)
             self.maps.append(ParametrizedMap(seeds, out_type.channels, in_type.channels, sh * sw, basis, dtype))
-        self._check_head(arch, group, spaces[-1], types[-2])
+        self._check_head(arch, group, spaces[-1], head_in)
         names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
         self.space = NetworkSpace(names, spaces, [m.channels for m in self.maps])
         n_bias = len(arch.channels) + 1 if arch.bias else 0
@@ -178,15 +238,17 @@ class EqCNN(nn.Module):
 
     @staticmethod
     def _check_exact(arch: Architecture, constrain: bool) -> None:
-        problems = arch.equivariance_breakers()
-        if problems and constrain:
+        problems, norms = arch.equivariance_breakers(), arch.norm_breakers()
+        if (problems or norms) and constrain:
+            hints = [" (change model.pool / model.stride or dataset.image_size)"] * bool(problems)
+            hints += [" (use model.norm=batchnorm: one mean and variance per field)"] * bool(norms)
             raise ValueError(
                 "mode=equivariant needs an exactly equivariant network, but "
-                + "; ".join(problems)
-                + " (change model.pool / model.stride or dataset.image_size)"
+                + "; ".join(problems + norms)
+                + "".join(hints)
             )
-        if problems:
-            log.warning("the network is not exactly G-equivariant even on E: %s", "; ".join(problems))
+        if problems or norms:
+            log.warning("the network is not exactly G-equivariant even on E: %s", "; ".join(problems + norms))
 
     @staticmethod
     def _check_head(arch: Architecture, group: Group, head: LayerSpace, fields: FieldType) -> None:
@@ -194,6 +256,15 @@ class EqCNN(nn.Module):
         if not arch.layernorm:
             return
         fh, fw = arch.grids()[-1]
+        if arch.group_pool:  # the head reads per-field means over (H, W) of the (group-pooled) normalized map
+            last = arch.field_types(group)[-2]
+            if fh * fw == 1 or not last.permutes:  # LayerNorm leaves 0 there, or a mean it set to 0
+                raise ValueError(
+                    f"model.group_pool=true after LayerNorm over (H,W) on {fh}x{fw} maps of {last.kind} fields: "
+                    "the pooled features are the per-channel means LayerNorm sets to 0, so every model is "
+                    "constant (SPEC §1). Use model.norm=batchnorm or none, or regular fields (model.fibers)"
+                )
+            return
         orbits = group.num_orbits(fh, fw)
         # Invariant functionals of one class on the last map, less those constant over positions
         # within each field (they only read per-channel means, which LayerNorm sets to 0).
@@ -280,11 +351,9 @@ class EqCNN(nn.Module):
 
     def activation_sizes(self) -> list[int]:
         """Numbers of one image's activations per conv block of one seed: the conv output, then the pooled map."""
-        sizes, (h, w) = [], self.arch.in_shape[1:]
-        for m, s, (ph, pw) in zip(self.maps[:-1], self.arch.stride, self.arch.grids()):
-            h, w = (h - 1) // s + 1, (w - 1) // s + 1
+        sizes = []
+        for m, ((h, w), (ph, pw)) in zip(self.maps[:-1], self.arch.blocks()):
             sizes += [m.channels[0] * h * w, m.channels[0] * ph * pw]
-            h, w = ph, pw
         return sizes
 
     def widest_activation(self) -> int:
@@ -308,25 +377,10 @@ def logits_at(
     ``x`` is (B, C, H, W), shown to every seed, or (N, B, C, H, W), one batch per seed. The seeds'
     channels are stacked and each convolution is grouped by seed (for N = 1, a plain one).
     """
-    n = weights[0].shape[0]
-    if x.dim() == 5:
-        b, h, shared = x.shape[1], x.transpose(0, 1).reshape(x.shape[1], n * x.shape[2], *x.shape[3:]), False
-    else:  # one input for all seeds: the first convolution reads it once, with every seed's filters
-        b, h, shared = x.shape[0], x, True
-    k, act = arch.kernel_size, ACTIVATIONS[arch.activation]
-    for i, a in enumerate(weights[:-1]):
-        bias = None if biases is None else biases[i]
-        if bias is not None and bias.shape[-1] != a.shape[1]:  # one per regular field (SPEC §9)
-            bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
-        bias = None if bias is None else bias.reshape(-1)
-        groups = 1 if i == 0 and shared else n
-        h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], k // 2, groups=groups)
-        if arch.pool[i] > 1:
-            h = avg_pool(h, arch.pool[i])
-        h = act(h)
-        if arch.layernorm:
-            h = F.layer_norm(h, h.shape[-2:])
-    head = weights[-1]
+    h = deque(block_outputs(arch, weights, x, biases), maxlen=1)[0]  # the last block's map (one held at a time)
+    head, n, b = weights[-1], weights[0].shape[0], h.shape[0]
+    if arch.group_pool:  # (B, N·fields): invariant already; the head is a plain linear map (SPEC §11)
+        h = group_pool(h, weights[-2].shape[1] // arch.channels[-1])
     if n == 1:  # (the same product; a plain matmul keeps one seed's round-off that of a single network)
         out = F.linear(h.reshape(b, -1), head.reshape(head.shape[1], -1))[None]
     else:
@@ -334,23 +388,35 @@ def logits_at(
     return out if biases is None else out + biases[-1][:, None, :]
 
 
-def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
-    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``.
+def block_outputs(
+    arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
+) -> Iterator[torch.Tensor]:
+    """The output φ_l of every conv block l, in order: conv → pool → activation → normalization.
 
-    Without autograd it adds the window's p² strided views in avg_pool2d's order and divides as it
-    does: 4x faster on the CPU than avg_pool2d's kernel, which was the evaluation's costliest op
-    (docs/design.md, "Evaluation"). With autograd, avg_pool2d itself (its backward is faster).
+    Each is (B, N·C_l, H_l, W_l), the seeds' channels stacked seed-major (``x`` and the weights as in
+    ``logits_at``, which reads the last one). One map at a time, so a caller that keeps none of them
+    (the logits) holds one block's activations, and one that keeps them all (``layer_equivariance``)
+    sees exactly the maps the logits are computed from.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.avg_pool2d(x, p)
-    h, w = x.shape[-2] // p, x.shape[-1] // p
-    v = x[..., : h * p, : w * p].reshape(*x.shape[:-2], h, p, w, p)
-    total = v[..., 0, :, 0]
-    for i in range(p):
-        for j in range(p):
-            if i or j:
-                total = total + v[..., i, :, j]
-    return total / (p * p)
+    n = weights[0].shape[0]
+    if x.dim() == 5:
+        h, shared = x.transpose(0, 1).reshape(x.shape[1], n * x.shape[2], *x.shape[3:]), False
+    else:  # one input for all seeds: the first convolution reads it once, with every seed's filters
+        h, shared = x, True
+    k, act, pad = arch.kernel_size, ACTIVATIONS[arch.activation], arch.padding_size
+    for i, a in enumerate(weights[:-1]):
+        bias = None if biases is None else biases[i]
+        if bias is not None and bias.shape[-1] != a.shape[1]:  # one per regular field (SPEC §9)
+            bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
+        bias = None if bias is None else bias.reshape(-1)
+        groups = 1 if i == 0 and shared else n
+        h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], pad, groups=groups)
+        if arch.pool[i] > 1:
+            h = pool(h, arch.pool[i], arch.pool_kind)
+        h = act(h)
+        if arch.norm != "none":
+            h = normalize(h, arch.norm, a.shape[1] // arch.channels[i])  # channels per field: 1 or |G|
+        yield h
 
 
 def build_model(

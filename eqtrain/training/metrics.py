@@ -1,4 +1,4 @@
-"""The measurements of SPEC §7 and §10, under the names they are logged with, for every seed at once."""
+"""The measurements of SPEC §7, §10 and §11, under the names they are logged with, for every seed at once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..data.datasets import Data
 from ..geometry.group import Group
 from ..geometry.space import distance_tags
 from ..nets.cnn import EqCNN, logits_at
+from .layer_equivariance import layer_errors
 
 # What a run reports at the end, in the hparams (TensorBoard's HParams tab) and per evaluation.
 HPARAM_METRICS = (
@@ -81,6 +82,7 @@ def evaluate(
         "acc/test_projected": snapped["acc/test"] / n_test,
         "acc/test_orbit_projected": snapped["acc/test_orbit"] / orbit,
     }
+    values.update(layer_errors(model, data.x_test, group, chunk))  # equiv/layer/<conv>: e_l at A (SPEC §11)
     rows = torch.stack(list(values.values()), dim=1).tolist()  # one host read for every seed
     return [dict(zip(values, row)) for row in rows]
 

@@ -1,0 +1,88 @@
+"""The parameter-free pieces of a conv block and of the head: pooling, normalization, group pooling.
+
+Each acts on the seed-stacked maps of ``cnn.block_outputs`` — shape (B, N·C, H, W), seed-major,
+and within a seed field-major (channel ``field·size + h``, ``FieldType``) — and commutes with G
+exactly where SPEC §1, §9 and §11 say it does:
+
+- average or max pooling over aligned p×p blocks, on sizes p divides (G maps aligned blocks onto
+  aligned blocks; a mean or a maximum ignores the order of its arguments);
+- LayerNorm over (H, W) per channel (G moves pixels within a channel and permutes whole channels);
+- batch normalization with one mean and variance per seed and per *field*, over the batch, the
+  field's channels and the pixels: g permutes exactly those numbers, image by image, so the
+  statistics do not change when any image of the batch is turned by any g (SPEC §11). Per channel
+  (``batchnorm_channel``, torch's BatchNorm2d without affine) the statistics of a regular field's
+  channels are permuted only when the whole batch turns by one g: turning one image changes the
+  features of the others, so a network with it is not G-equivariant image by image;
+- group pooling: the maximum over a regular field's |G| channels, which g only permutes.
+
+None of them has learnable weights, so none adds to A or to ``EqCNN.flat``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+POOL_KINDS = ("avg", "max")
+# layernorm: over (H, W) per channel (SPEC §1); batchnorm: per field (SPEC §11); batchnorm_channel: per
+# channel, as torch's BatchNorm2d (not G-equivariant on regular fields); none.
+NORMS = ("layernorm", "batchnorm", "batchnorm_channel", "none")
+BATCH_NORMS = ("batchnorm", "batchnorm_channel")  # the norms that couple the images of a batch
+BN_EPS = 1e-5  # torch's BatchNorm default
+
+
+def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
+    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``.
+
+    Without autograd it adds the window's p² strided views in avg_pool2d's order and divides as it
+    does: 4x faster on the CPU than avg_pool2d's kernel, which was the evaluation's costliest op
+    (docs/design.md, "Evaluation"). With autograd, avg_pool2d itself (its backward is faster).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.avg_pool2d(x, p)
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    v = x[..., : h * p, : w * p].reshape(*x.shape[:-2], h, p, w, p)
+    total = v[..., 0, :, 0]
+    for i in range(p):
+        for j in range(p):
+            if i or j:
+                total = total + v[..., i, :, j]
+    return total / (p * p)
+
+
+def pool(x: torch.Tensor, p: int, kind: str) -> torch.Tensor:
+    """p×p pooling of kind ``avg`` or ``max`` over aligned blocks (a map's last rows and columns that
+    do not fill a block are dropped: ``Architecture.equivariance_breakers`` names that case)."""
+    return avg_pool(x, p) if kind == "avg" else F.max_pool2d(x, p)
+
+
+def normalize(x: torch.Tensor, norm: str, field_size: int) -> torch.Tensor:
+    """The block's normalization of maps (B, N·C, H, W) whose fields have ``field_size`` channels.
+
+    ``batchnorm`` uses the statistics of the batch it is given — in training the step's batch, in
+    evaluation the chunk of images (``metrics.eval_chunk``) — with no running averages and no affine.
+    Why: running averages would be state outside A, written by the forward pass, that checkpoints,
+    resume, the twin and the functional forward pass (``logits_at`` at weights A) would all have to
+    carry. With batch statistics the network stays a function of (A, batch); the price is that an
+    image's outputs depend on the other images of its batch. The statistics of g·batch equal those
+    of the batch, whether the batch is turned as a whole or image by image, so the block stays exactly
+    G-equivariant.
+    """
+    if norm == "layernorm":
+        return F.layer_norm(x, x.shape[-2:])
+    if norm in BATCH_NORMS:
+        size = field_size if norm == "batchnorm" else 1
+        b, c, h, w = x.shape
+        # F.batch_norm takes one mean and variance per index of axis 1, over every other axis: here
+        # (seed, field), over the batch, the field's channels and the pixels — never across seeds.
+        grouped = x.reshape(b, c // size, size, h, w)
+        return F.batch_norm(grouped, None, None, training=True, eps=BN_EPS).view(b, c, h, w)
+    return x
+
+
+def group_pool(x: torch.Tensor, field_size: int) -> torch.Tensor:
+    """(B, N·C, H, W) → (B, N·C/size): the maximum over each field's channels (C&W's pooling over
+    rotations: a regular field becomes a trivial one), then the mean over the pixels. Both commute
+    with G, so the result is G-invariant (SPEC §11)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c // field_size, field_size, h * w).amax(2).mean(-1)

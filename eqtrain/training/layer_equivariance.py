@@ -1,0 +1,82 @@
+"""The equivariance error of every hidden layer's features (SPEC §11), for every seed at once:
+
+    e_l = mean over images x and g ∈ G of ‖φ_l(g·x) − ρ_l(g)·φ_l(x)‖ / ‖φ_l(x)‖,
+
+with φ_l the output of conv block l — conv, pool, activation, normalization: the maps the logits are
+computed from (``nets.cnn.block_outputs``) — and ρ_l(g) its action: pixels moved, and the channels of
+regular fields permuted (``FieldType.act``, SPEC §9). Norms are over one image's map of one seed.
+SPEC §7's ``equiv/test_error`` is the same measure on the logits. On E every e_l is round-off; off E
+the profile over l says where a network breaks the symmetry (d(A) measures weights, e_l functions).
+
+Logged at each evaluation as ``equiv/layer/<conv>`` (``metrics.evaluate``), on the test set, at the
+model's own weights, in chunks of images as the rest of the evaluation. With a batch norm, each image of
+a chunk is turned by its own g — image j by g_{(j + s) mod |G|}, for s = 0 … |G|−1, so every image
+meets every g once. Why: a batch norm couples the images of a batch, and per-image equivariance asks
+that turning one image changes nothing for the others. Per-field statistics pass (g permutes the
+numbers a field's statistics average over, image by image); per-channel ones pass only when the whole
+batch turns together (SPEC §11), and this sees it. Without one, the images are independent: the chunk
+turns as a whole, and the identity's term, 0 exactly (the same forward pass twice), is not computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..geometry.group import Group
+from ..nets.cnn import EqCNN, block_outputs
+from ..nets.layers import BATCH_NORMS
+
+
+def layer_tags(names: Sequence[str]) -> tuple[str, ...]:
+    """The tags of the per-layer errors, for the conv layers ``names`` (the head has no e_l: its output is §7's)."""
+    return tuple(f"equiv/layer/{name}" for name in names)
+
+
+@torch.no_grad()
+def layer_errors(
+    model: EqCNN, x: torch.Tensor, group: Group, chunk: int, weights: Sequence[torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """{"equiv/layer/<conv>": e_l of every seed, (N,) float64} over the images x (B, C, H, W), ``chunk`` at a time.
+
+    ``weights``: the A to measure (default: the model's own).
+    """
+    arch = model.arch
+    weights = model.weights() if weights is None else weights
+    biases = list(model.biases) if arch.bias else None
+    n = weights[0].shape[0]
+    perms = [t.permutations().to(x.device) for t in arch.field_types(group)[1:-1]]  # ρ_l(g) on channels
+    sums = torch.zeros(len(perms), n, dtype=torch.float64, device=x.device)
+    coupled = int(arch.norm in BATCH_NORMS)  # 1: the images of a batch share statistics, each gets its own g
+    for i in range(0, len(x), chunk):
+        batch = x[i : i + chunk]
+        base = [f.unflatten(1, (n, -1)) for f in block_outputs(arch, weights, batch, biases)]  # (B, N, C, H, W)
+        norms = [_norms(f).clamp_min(torch.finfo(f.dtype).tiny) for f in base]
+        for shift in range(0 if coupled else 1, group.order):
+            elements = (torch.arange(len(batch)) * coupled + shift) % group.order  # image j turned by g_j
+            moved = block_outputs(arch, weights, _act_each(group, batch, elements), biases)
+            for layer, (f, fg) in enumerate(zip(base, moved)):
+                expected = _act_each(group, f, elements, perms[layer])  # ρ_l(g_j)·φ_l(x_j)
+                sums[layer] += (_norms(fg.unflatten(1, (n, -1)) - expected) / norms[layer]).double().sum(0)
+    return dict(zip(layer_tags(model.layer_names[:-1]), sums / (len(x) * group.order)))
+
+
+def _act_each(group: Group, t: torch.Tensor, elements: torch.Tensor, perms: torch.Tensor | None = None) -> torch.Tensor:
+    """Image j of t (B, ..., C, H, W) acted on by the group element ``elements[j]``: its pixels moved and,
+    with ``perms`` (|G|, C), its channels permuted."""
+    values = elements.unique().tolist()
+    if len(values) == 1:  # one g for all: no gather
+        moved = group.act(t, values[0])
+        return moved if perms is None else moved[..., perms[values[0]], :, :]
+    out = torch.empty_like(t)
+    for g in values:
+        index = (elements == g).nonzero().squeeze(1).to(t.device)
+        moved = group.act(t[index], g)
+        out[index] = moved if perms is None else moved[..., perms[g], :, :]
+    return out
+
+
+def _norms(f: torch.Tensor) -> torch.Tensor:
+    """‖·‖ of every image's map of every seed: (B, N, ...) → (B, N)."""
+    return torch.linalg.vector_norm(f.flatten(2), dim=-1)
