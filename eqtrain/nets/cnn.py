@@ -378,6 +378,13 @@ def logits_at(
     channels are stacked and each convolution is grouped by seed (for N = 1, a plain one).
     """
     h = deque(block_outputs(arch, weights, x, biases), maxlen=1)[0]  # the last block's map (one held at a time)
+    return head_at(arch, weights, h, biases)
+
+
+def head_at(
+    arch: Architecture, weights: Sequence[torch.Tensor], h: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The logits (N, B, classes) from the last block's map h (B, N·C, H, W): ``logits_at``'s last part."""
     head, n, b = weights[-1], weights[0].shape[0], h.shape[0]
     if arch.group_pool:  # (B, N·fields): invariant already; the head is a plain linear map (SPEC §11)
         h = group_pool(h, weights[-2].shape[1] // arch.channels[-1])

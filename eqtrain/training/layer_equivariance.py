@@ -46,20 +46,37 @@ def layer_errors(
     weights = model.weights() if weights is None else weights
     biases = list(model.biases) if arch.bias else None
     n = weights[0].shape[0]
-    perms = [t.permutations().to(x.device) for t in arch.field_types(group)[1:-1]]  # ρ_l(g) on channels
+    perms = channel_perms(arch, group, x.device)
     sums = torch.zeros(len(perms), n, dtype=torch.float64, device=x.device)
     coupled = int(arch.norm in BATCH_NORMS)  # 1: the images of a batch share statistics, each gets its own g
     for i in range(0, len(x), chunk):
         batch = x[i : i + chunk]
         base = [f.unflatten(1, (n, -1)) for f in block_outputs(arch, weights, batch, biases)]  # (B, N, C, H, W)
-        norms = [_norms(f).clamp_min(torch.finfo(f.dtype).tiny) for f in base]
         for shift in range(0 if coupled else 1, group.order):
             elements = (torch.arange(len(batch)) * coupled + shift) % group.order  # image j turned by g_j
             moved = block_outputs(arch, weights, _act_each(group, batch, elements), biases)
-            for layer, (f, fg) in enumerate(zip(base, moved)):
-                expected = _act_each(group, f, elements, perms[layer])  # ρ_l(g_j)·φ_l(x_j)
-                sums[layer] += (_norms(fg.unflatten(1, (n, -1)) - expected) / norms[layer]).double().sum(0)
+            sums += error_sums(group, base, moved, elements, perms)
     return dict(zip(layer_tags(model.layer_names[:-1]), sums / (len(x) * group.order)))
+
+
+def channel_perms(arch, group: Group, device) -> list[torch.Tensor]:
+    """ρ_l(g) on the channels of every hidden layer: (|G|, C_l) gathers (SPEC §9)."""
+    return [t.permutations().to(device) for t in arch.field_types(group)[1:-1]]
+
+
+def error_sums(
+    group: Group, base: Sequence[torch.Tensor], moved, elements: torch.Tensor, perms: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """(layers, N) float64: Σ over a chunk's images j of ‖φ_l(g_j·x_j) − ρ_l(g_j)·φ_l(x_j)‖ / ‖φ_l(x_j)‖.
+
+    ``base``: φ_l(x) as (B, N, C, H, W) per layer; ``moved``: φ_l(g·x) as (B, N·C, H, W) per layer.
+    """
+    rows = []
+    for layer, (f, fg) in enumerate(zip(base, moved)):
+        expected = _act_each(group, f, elements, perms[layer])  # ρ_l(g_j)·φ_l(x_j)
+        norms = _norms(f).clamp_min(torch.finfo(f.dtype).tiny)
+        rows.append((_norms(fg.unflatten(1, (f.shape[1], -1)) - expected) / norms).double().sum(0))
+    return torch.stack(rows)
 
 
 def _act_each(group: Group, t: torch.Tensor, elements: torch.Tensor, perms: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,8 +9,9 @@ import torch
 from ..data.datasets import Data
 from ..geometry.group import Group
 from ..geometry.space import distance_tags
-from ..nets.cnn import EqCNN, logits_at
-from .layer_equivariance import layer_errors
+from ..nets.cnn import EqCNN, block_outputs, head_at, logits_at
+from ..nets.layers import BATCH_NORMS
+from .layer_equivariance import channel_perms, error_sums, layer_errors, layer_tags
 
 # What a run reports at the end, in the hparams (TensorBoard's HParams tab) and per evaluation.
 HPARAM_METRICS = (
@@ -82,7 +83,12 @@ def evaluate(
         "acc/test_projected": snapped["acc/test"] / n_test,
         "acc/test_orbit_projected": snapped["acc/test_orbit"] / orbit,
     }
-    values.update(layer_errors(model, data.x_test, group, chunk))  # equiv/layer/<conv>: e_l at A (SPEC §11)
+    # equiv/layer/<conv>: e_l at A (SPEC §11), from the orbit's own forward passes unless a batch norm
+    # couples the images of a chunk (then each image is turned on its own: ``layer_equivariance``)
+    if model.arch.norm in BATCH_NORMS:
+        values.update(layer_errors(model, data.x_test, group, chunk))
+    else:
+        values.update(zip(layer_tags(model.layer_names[:-1]), own["layers"] / orbit))
     rows = torch.stack(list(values.values()), dim=1).tolist()  # one host read for every seed
     return [dict(zip(values, row)) for row in rows]
 
@@ -97,19 +103,33 @@ def _correct(arch, weights, biases, x: torch.Tensor, y: torch.Tensor, chunk: int
 
 def _orbit_sums(arch, weights, biases, data: Data, group: Group, chunk: int, errors: bool) -> dict[str, torch.Tensor]:
     """(N,) float64 sums over the test set and its |G| transforms: correct at g = e, correct over the
-    orbit, and (``errors``) ‖f(g·x) − f(x)‖ / ‖f(x)‖ and whether every g·x gets x's class."""
-    n = weights[0].shape[0]
+    orbit, and (``errors``) ‖f(g·x) − f(x)‖ / ‖f(x)‖, whether every g·x gets x's class and, per hidden
+    layer, ‖φ_l(g·x) − ρ_l(g)·φ_l(x)‖ / ‖φ_l(x)‖ ("layers", (layers, N)) from the same forward passes."""
+    n, device = weights[0].shape[0], data.x_test.device
     keys = ("acc/test", "acc/test_orbit") + (("equiv/test_error", "equiv/test_consistency") if errors else ())
-    sums = {key: torch.zeros(n, dtype=torch.float64, device=data.x_test.device) for key in keys}
+    sums = {key: torch.zeros(n, dtype=torch.float64, device=device) for key in keys}
+    perms = channel_perms(arch, group, device) if errors else []
+    sums["layers"] = torch.zeros(len(perms), n, dtype=torch.float64, device=device)
     for i in range(0, len(data.y_test), chunk):
         x, y = data.x_test[i : i + chunk], data.y_test[i : i + chunk]
-        orbit = torch.stack([logits_at(arch, weights, group.act(x, g), biases) for g in range(group.order)])
+        logits, base = [], None
+        for g in range(group.order):
+            xg = group.act(x, g)
+            if not errors:
+                logits.append(logits_at(arch, weights, xg, biases))
+                continue
+            maps = list(block_outputs(arch, weights, xg, biases))
+            logits.append(head_at(arch, weights, maps[-1], biases))
+            if g == 0:
+                base = [f.unflatten(1, (n, -1)) for f in maps]  # φ_l(x): (B, N, C, H, W)
+            else:
+                sums["layers"] += error_sums(group, base, maps, torch.full((len(y),), g), perms)
+        orbit = torch.stack(logits)
         pred = orbit.argmax(-1)  # (|G|, N, B); pred[0] is the identity's
         sums["acc/test"] += (pred[0] == y).sum(1)
         sums["acc/test_orbit"] += (pred == y).sum((0, 2))
         if errors:
-            base = orbit[0]
-            err = (orbit - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(torch.finfo(base.dtype).tiny)
+            err = (orbit - orbit[0]).norm(dim=-1) / orbit[0].norm(dim=-1).clamp_min(torch.finfo(orbit.dtype).tiny)
             sums["equiv/test_error"] += err.double().sum((0, 2))
             sums["equiv/test_consistency"] += (pred == pred[0]).all(0).sum(1)
     return sums

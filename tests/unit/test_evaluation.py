@@ -111,3 +111,18 @@ def test_eval_every_evaluates_every_k_epochs_and_at_the_end(run_train):
     steps, _ = run.scalars("acc/test")
     assert steps == [0, 20, 30]
     assert run.scalars("acc/train")[0] == [0, 20, 30]
+
+
+@pytest.mark.parametrize("model", [{}, {"fibers": "regular", "channels": [4, 4]}], ids=["paper CNN", "G-CNN"])
+def test_the_layer_errors_from_the_orbits_passes_equal_their_definition(model):
+    """evaluate() takes e_l (SPEC §11) from the forward passes of the test orbit it already makes; the
+    same as ``layer_errors``, which turns the images anew (float64: ≤1e-12 relative)."""
+    from eqtrain.training.layer_equivariance import layer_errors
+
+    net, data, group = ensemble(2, torch.float64, **model), tiny_data(torch.float64), Group.from_name("c4")
+    got = evaluate(net, data, group, budget=300_000)
+    expected = layer_errors(net, data.x_test, group, chunk=7)
+    for tag, values in expected.items():
+        ours = torch.tensor([row[tag] for row in got], dtype=torch.float64)
+        assert torch.allclose(ours, values, rtol=1e-12, atol=0), tag
+        assert values.min() > 1e-3  # off E: the comparison has teeth
