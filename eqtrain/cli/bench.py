@@ -62,15 +62,24 @@ def model_config(name: str) -> ModelConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(str(path))))
 
 
+FLOOR_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+
+
 def floor_model(model: EqCNN) -> nn.Module:
-    """A plain torch.nn CNN with the same channel counts and shapes as ``model`` (the paper CNN's: 1→16→16→10)."""
+    """A plain torch.nn CNN with the same channel counts, shapes and layer kinds as ``model`` (the paper
+    CNN's: 1→16→16→10); its batch norm is torch's per channel, its group pooling a spatial mean."""
     arch, layers = model.arch, []
     widths = [m.channels[0] for m in model.maps[:-1]]
-    for c_in, c_out, pool, (h, w) in zip([arch.in_shape[0], *widths], widths, arch.pool, arch.grids()):
-        layers += [nn.Conv2d(c_in, c_out, arch.kernel_size, padding=arch.kernel_size // 2, bias=False)]
-        layers += [nn.AvgPool2d(pool)] if pool > 1 else []
-        layers += [nn.Tanh()] + ([nn.LayerNorm((h, w), elementwise_affine=False)] if arch.layernorm else [])
-    h, w = arch.grids()[-1]
+    for c_in, c_out, pool, (_, (h, w)) in zip([arch.in_shape[0], *widths], widths, arch.pool, arch.blocks()):
+        layers += [nn.Conv2d(c_in, c_out, arch.kernel_size, padding=arch.padding_size, bias=False)]
+        layers += [(nn.MaxPool2d if arch.pool_kind == "max" else nn.AvgPool2d)(pool)] if pool > 1 else []
+        layers += [FLOOR_ACTIVATIONS[arch.activation]()]
+        if arch.norm == "layernorm":
+            layers += [nn.LayerNorm((h, w), elementwise_affine=False)]
+        elif arch.norm != "none":
+            layers += [nn.BatchNorm2d(c_out, affine=False, track_running_stats=False)]
+    h, w = (1, 1) if arch.group_pool else arch.grids()[-1]
+    layers += [nn.AdaptiveAvgPool2d(1)] if arch.group_pool else []
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * h * w, arch.n_classes, bias=False))
 
 
@@ -119,12 +128,10 @@ def make_eqtrain(
 
 def forward_flops(model: EqCNN) -> int:
     """Multiply-adds × 2 of one image's forward pass through one seed's network (convs and head)."""
-    flops, (h, w) = 0, model.arch.in_shape[1:]
     k2 = model.arch.kernel_size**2
-    for m, s, (ph, pw) in zip(model.maps[:-1], model.arch.stride, model.arch.grids()):
-        h, w = (h - 1) // s + 1, (w - 1) // s + 1
-        flops += 2 * m.channels[0] * m.channels[1] * k2 * h * w
-        h, w = ph, pw
+    flops = sum(
+        2 * m.channels[0] * m.channels[1] * k2 * h * w for m, ((h, w), _) in zip(model.maps, model.arch.blocks())
+    )
     out, inputs = model.maps[-1].channels
     return flops + 2 * out * inputs * model.maps[-1].size
 

@@ -56,18 +56,26 @@ def eval_chunk(model: EqCNN, budget: int = EVAL_BYTES) -> int:
 
 @torch.no_grad()
 def evaluate(
-    model: EqCNN, data: Data, group: Group, train_images: int | None = None, budget: int = EVAL_BYTES
+    model: EqCNN,
+    data: Data,
+    group: Group,
+    train_images: int | None = None,
+    budget: int = EVAL_BYTES,
+    batch_norm_chunk: int = 10,
 ) -> list[dict[str, float]]:
     """Per seed: accuracies and equivariance errors of the model (SPEC §7), and of its projection Π_E(A).
 
     The projected model (SPEC §10) is the exactly equivariant network nearest to the weights:
     its accuracy is what the run would give if snapped onto E. ``train_images``: acc/train on the
     first that many training images (None: all). Every figure is a sum over chunks of images, each
-    chunk's activations within ``budget`` bytes, so memory does not grow with the data set.
+    chunk's activations within ``budget`` bytes, so memory does not grow with the data set; with a
+    batch norm, chunks of ``batch_norm_chunk`` images (the run's batch size).
     """
     weights = model.weights()
     biases = list(model.biases) if model.arch.bias else None
-    chunk = eval_chunk(model, budget)
+    # A batch norm normalizes with the statistics of the images it is given (nets/layers.py): evaluated in
+    # chunks of the training batch's size, its statistics are over as many images as in training.
+    chunk = batch_norm_chunk if model.arch.norm in BATCH_NORMS else eval_chunk(model, budget)
     n_train = len(data.y_train) if train_images is None else min(train_images, len(data.y_train))
     n_test, orbit = len(data.y_test), len(data.y_test) * group.order
     train = _correct(model.arch, weights, biases, data.x_train[:n_train], data.y_train[:n_train], chunk)

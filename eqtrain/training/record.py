@@ -42,7 +42,8 @@ class Recorder:
     def evaluate(self, state: RunState, data: Data, group: Group) -> list[dict[str, float]]:
         """Evaluate every seed's model now; log the seeds still running at the current step."""
         self.steps.flush()  # the steps before it first: TensorBoard drops events that go back in steps
-        self.metrics = evaluate(state.model, data, group, self.settings.config.eval_train_images)
+        cfg = self.settings.config
+        self.metrics = evaluate(state.model, data, group, cfg.eval_train_images, batch_norm_chunk=cfg.batch_size)
         self.evaluated_at = state.step
         for logger, metrics, done in zip(self.loggers, self.metrics, state.stopped):
             if not done:

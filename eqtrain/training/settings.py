@@ -85,8 +85,22 @@ class Settings:
         container = dataclasses.asdict(self.config)
         for key in _NOT_HASHED:
             container.pop(key, None)
+        for (group, key), default in _ADDED_LATER.items():  # at their default: the hash of the older version
+            if container[group].get(key, default) == default:
+                container[group].pop(key, None)
         return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+
+# Keys added after checkpoints were already written, with the value that reproduces the older runs:
+# left at it, they stay out of the hash, so those checkpoints still resume.
+_ADDED_LATER = {
+    ("dataset", "rotate"): "none",
+    ("dataset", "rotate_seed"): 0,
+    ("model", "padding"): "same",
+    ("model", "pool_kind"): "avg",
+    ("model", "norm"): None,
+    ("model", "group_pool"): False,
+}
 
 # Keys that do not change the numbers a run produces, so a resume may change them.
 _NOT_HASHED = ("resume", "force_resume", "threads", "analyze", "analyze_samples", "analyze_iterations", "eval_every")
@@ -217,6 +231,10 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "pool": str(cfg.model.pool),
         "stride": str(cfg.model.stride),
         "layernorm": cfg.model.layernorm,
+        "norm": str(cfg.model.norm),
+        "padding": cfg.model.padding,
+        "pool_kind": cfg.model.pool_kind,
+        "group_pool": cfg.model.group_pool,
         "bias": cfg.model.bias,
         "basis_seed": cfg.model.basis_seed,
         "normalize": cfg.dataset.normalize,

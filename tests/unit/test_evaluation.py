@@ -126,3 +126,17 @@ def test_the_layer_errors_from_the_orbits_passes_equal_their_definition(model):
         ours = torch.tensor([row[tag] for row in got], dtype=torch.float64)
         assert torch.allclose(ours, values, rtol=1e-12, atol=0), tag
         assert values.min() > 1e-3  # off E: the comparison has teeth
+
+
+def test_a_batch_norm_is_evaluated_in_chunks_of_the_training_batch():
+    """Batch statistics (nets/layers.py) come from as many images as a training step sees: chunks of
+    ``batch_norm_chunk``, whatever the memory budget would allow."""
+    net = ensemble(2, channels=[4, 4], norm="batchnorm", activation="relu")
+    data, group = tiny_data(), Group.from_name("c4")
+    got = evaluate(net, data, group, budget=1 << 30, batch_norm_chunk=5)
+    with torch.no_grad():
+        logits = torch.cat([net(data.x_test[i : i + 5]) for i in range(0, len(data.y_test), 5)], 1)
+        whole = net(data.x_test)
+    expected = (logits.argmax(-1) == data.y_test).double().mean(1).tolist()
+    assert [row["acc/test"] for row in got] == expected
+    assert not torch.allclose(logits, whole)  # the chunk matters with a batch norm: the check has teeth
