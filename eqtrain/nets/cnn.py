@@ -289,8 +289,17 @@ class EqCNN(nn.Module):
     def _link_flat(self) -> None:
         """Make every parameter (θ of each map, then the biases) a view of ``flat`` (N, P).
 
-        The step updates, checks and masks every seed's parameters as one tensor (``training.step``).
+        The step updates, checks and masks every seed's parameters as one tensor (``training.step``):
+        the contract is that ``parameter_list`` names every learnable parameter of the module. One it
+        missed would silently never train, so a module with another parameter is refused here.
         """
+        listed = {id(p) for p in self.parameter_list()}
+        unlisted = [name for name, p in self.named_parameters() if id(p) not in listed]
+        if unlisted:
+            raise TypeError(
+                f"EqCNN: parameters {unlisted} are not in parameter_list(), so sgd_step (which updates only "
+                "EqCNN.flat) would never train them: add them to parameter_list()"
+            )
         offset = 0
         for p in self.parameter_list():
             size = p[0].numel()

@@ -136,3 +136,16 @@ class RecordingLogger(RunLogger):
         self.steps += steps
         self.rows.append(rows.clone())
         super().log_rows(steps, times, tags, rows)
+
+
+def test_a_parameter_outside_the_flat_tensor_is_refused():
+    """sgd_step updates only EqCNN.flat: a learnable parameter that parameter_list() misses would never train,
+    so the model refuses it when it links the flat tensor (at construction, and after every move or cast)."""
+    from torch import nn
+
+    from eqtrain.schema import ModelConfig
+
+    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
+    model.scale = nn.Parameter(torch.ones(1))
+    with pytest.raises(TypeError, match=r"parameters \['scale'\] are not in parameter_list\(\)"):
+        model.double()
