@@ -160,7 +160,7 @@ def _choice(key: str, value: object, valid: Sequence[str]) -> str:
 
 def _norm(model_cfg: ModelConfig) -> str:
     """``model.norm`` when set; otherwise the older switch ``model.layernorm`` (true: layernorm, false: none)."""
-    norm = getattr(model_cfg, "norm", None)
+    norm = model_cfg.norm
     if norm is None:
         return "layernorm" if model_cfg.layernorm else "none"
     return _choice("norm", norm, NORMS)
@@ -186,9 +186,9 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
         norm=_norm(model_cfg),
         bias=bool(model_cfg.bias),
         fibers=_fibers(model_cfg.fibers, n),
-        padding=_choice("padding", getattr(model_cfg, "padding", "same"), PADDINGS),
-        pool_kind=_choice("pool_kind", getattr(model_cfg, "pool_kind", "avg"), POOL_KINDS),
-        group_pool=bool(getattr(model_cfg, "group_pool", False)),
+        padding=_choice("padding", model_cfg.padding, PADDINGS),
+        pool_kind=_choice("pool_kind", model_cfg.pool_kind, POOL_KINDS),
+        group_pool=bool(model_cfg.group_pool),
     )
 
 

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest mmap threshold on 64-bit systems

@@ -75,13 +75,14 @@ def evaluate(
     biases = list(model.biases) if model.arch.bias else None
     # A batch norm normalizes with the statistics of the images it is given (nets/layers.py): evaluated in
     # chunks of the training batch's size, its statistics are over as many images as in training.
-    chunk = batch_norm_chunk if model.arch.norm in BATCH_NORMS else eval_chunk(model, budget)
+    coupled = model.arch.norm in BATCH_NORMS  # the images of a chunk share the norm's statistics
+    chunk = batch_norm_chunk if coupled else eval_chunk(model, budget)
     n_train = len(data.y_train) if train_images is None else min(train_images, len(data.y_train))
     n_test, orbit = len(data.y_test), len(data.y_test) * group.order
     train = _correct(model.arch, weights, biases, data.x_train[:n_train], data.y_train[:n_train], chunk)
-    own = _orbit_sums(model.arch, weights, biases, data, group, chunk, errors=True)
+    own = _orbit_sums(model.arch, weights, biases, data, group, chunk, errors=True, layers=not coupled)
     # the projected model's weights are made once per evaluation
-    snapped = _orbit_sums(model.arch, model.space.project_e(weights), biases, data, group, chunk, errors=False)
+    snapped = _orbit_sums(model.arch, model.space.project_e(weights), biases, data, group, chunk)
     values = {
         "acc/train": train / n_train,
         "acc/test": own["acc/test"] / n_test,
@@ -93,7 +94,7 @@ def evaluate(
     }
     # equiv/layer/<conv>: e_l at A (SPEC §11), from the orbit's own forward passes unless a batch norm
     # couples the images of a chunk (then each image is turned on its own: ``layer_equivariance``)
-    if model.arch.norm in BATCH_NORMS:
+    if coupled:
         values.update(layer_errors(model, data.x_test, group, chunk))
     else:
         values.update(zip(layer_tags(model.layer_names[:-1]), own["layers"] / orbit))
@@ -109,21 +110,24 @@ def _correct(arch, weights, biases, x: torch.Tensor, y: torch.Tensor, chunk: int
     return total
 
 
-def _orbit_sums(arch, weights, biases, data: Data, group: Group, chunk: int, errors: bool) -> dict[str, torch.Tensor]:
+def _orbit_sums(
+    arch, weights, biases, data: Data, group: Group, chunk: int, errors: bool = False, layers: bool = False
+) -> dict[str, torch.Tensor]:
     """(N,) float64 sums over the test set and its |G| transforms: correct at g = e, correct over the
-    orbit, and (``errors``) ‖f(g·x) − f(x)‖ / ‖f(x)‖, whether every g·x gets x's class and, per hidden
-    layer, ‖φ_l(g·x) − ρ_l(g)·φ_l(x)‖ / ‖φ_l(x)‖ ("layers", (layers, N)) from the same forward passes."""
+    orbit, and (``errors``) ‖f(g·x) − f(x)‖ / ‖f(x)‖ and whether every g·x gets x's class; and
+    (``layers``) per hidden layer ‖φ_l(g·x) − ρ_l(g)·φ_l(x)‖ / ‖φ_l(x)‖ ("layers",
+    (layers, N)) from the same forward passes."""
     n, device = weights[0].shape[0], data.x_test.device
     keys = ("acc/test", "acc/test_orbit") + (("equiv/test_error", "equiv/test_consistency") if errors else ())
     sums = {key: torch.zeros(n, dtype=torch.float64, device=device) for key in keys}
-    perms = channel_perms(arch, group, device) if errors else []
+    perms = channel_perms(arch, group, device) if layers else []
     sums["layers"] = torch.zeros(len(perms), n, dtype=torch.float64, device=device)
     for i in range(0, len(data.y_test), chunk):
         x, y = data.x_test[i : i + chunk], data.y_test[i : i + chunk]
         logits, base = [], None
         for g in range(group.order):
             xg = group.act(x, g)
-            if not errors:
+            if not layers:
                 logits.append(logits_at(arch, weights, xg, biases))
                 continue
             maps = list(block_outputs(arch, weights, xg, biases))
