@@ -2,8 +2,8 @@
 
 A sweep (``eqtrain -m mode=nomreg,augreg gamma=0.1,1 'seed=range(30)'``, or jobs of ``seeds=N``
 holding ``seed=<s>/`` directories) leaves one run directory per seed, each with TensorBoard event
-files and ``metrics.json``. Runs are grouped by (mode, γ schedule, γ); the seeds are the
-repetitions. Anything else that differs between runs (dataset, lr, ...) makes the medians
+files and ``metrics.json``. Runs are grouped by (mode, γ schedule, γ), the mode named after the
+model in a sweep over models (``z2cnn augmented``); the seeds are the repetitions. Anything else that differs between runs (dataset, lr, ...) makes the medians
 meaningless, so such a "mixed" directory is refused rather than plotted.
 
 Damaged inputs (docs/design.md, "Damaged files"): a run whose metrics.json or every event file is
@@ -31,6 +31,7 @@ METRICS_FILE = "metrics.json"
 GROUP_KEYS = ("mode", "gamma")  # with the γ schedule: one curve family / line / table row per group
 SCHEDULE_KEYS = ("gamma_schedule", "gamma_start", "gamma_ramp")  # a ramp is its own group
 REPEAT_KEYS = ("seed",)  # the repetitions a median is taken over
+MODEL_KEY = "model"  # a sweep may compare models: their own keys then follow the model's name
 CONSTANT = "constant"
 
 Key = tuple[str, str, float]  # (mode, schedule, γ)
@@ -53,6 +54,13 @@ class Run:
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values), in file order
     damaged: bool = False  # the event files end early: final values from metrics.json
     notes: list[str] = field(default_factory=list)
+    named_by_model: bool = False  # the sweep compares models: the group's name starts with the model's
+
+    @property
+    def mode(self) -> str:
+        """The run's line name: its mode, e.g. ``augreg``, or ``z2cnn augmented`` in a sweep over models."""
+        mode = str(self.hparams["mode"])
+        return f"{self.hparams.get(MODEL_KEY)} {mode}" if self.named_by_model else mode
 
     @property
     def gamma(self) -> float:
@@ -68,7 +76,7 @@ class Run:
 
     @property
     def key(self) -> Key:
-        return str(self.hparams["mode"]), self.schedule, self.gamma
+        return self.mode, self.schedule, self.gamma
 
     @property
     def diverged(self) -> bool:
@@ -193,12 +201,19 @@ def load_run(run_dir: Path) -> Run:
 
 
 def check_one_setting(runs: list[Run], root: Path) -> None:
-    """Refuse runs that differ in more than mode, γ (and its schedule) and seed: their medians would mix settings."""
+    """Refuse runs that differ in more than mode, γ (and its schedule) and seed: their medians would mix settings.
+
+    A sweep over models (``model=p4cnn,z2cnn``) may differ in the model's own keys too (its channels,
+    fibers, ...), as long as the runs of one model agree on them: its groups are named after the model.
+    """
     ignored = set(GROUP_KEYS) | set(SCHEDULE_KEYS) | set(REPEAT_KEYS)
     keys = sorted(set().union(*(r.hparams for r in runs)) - ignored)
+    by_model = len({_show(r.hparams.get(MODEL_KEY)) for r in runs}) > 1
     differing = []
     for key in keys:
         counts = Counter(_show(r.hparams.get(key, "<missing>")) for r in runs)
+        if by_model and _follows_model(runs, key):
+            continue
         if len(counts) > 1:
             found = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))
             differing.append(f"{key} = {found}")
@@ -208,6 +223,14 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
             + "; ".join(differing)
             + " (plot each setting from its own directory)"
         )
+
+
+def _follows_model(runs: list[Run], key: str) -> bool:
+    """Whether all runs of one model agree on ``key``."""
+    values: dict[str, set[str]] = {}
+    for r in runs:
+        values.setdefault(_show(r.hparams.get(MODEL_KEY)), set()).add(_show(r.hparams.get(key, "<missing>")))
+    return all(len(v) == 1 for v in values.values())
 
 
 def drop_duplicates(runs: list[Run]) -> tuple[list[Run], int]:
@@ -251,6 +274,9 @@ def load_sweep(root: Path) -> tuple[dict[Key, list[Run]], list[str]]:
         raise PlotError(f"no readable eqtrain runs under {root}: {skipped[0]}")
     runs, duplicates = drop_duplicates(runs)
     check_one_setting(runs, root)
+    if len({_show(r.hparams.get(MODEL_KEY)) for r in runs}) > 1:
+        for run in runs:
+            run.named_by_model = True
     notes = [f"note: skipped {len(unfinished)} unfinished run(s) without metrics.json"] if unfinished else []
     notes += [f"note: {n}" for n in skipped]
     if duplicates:

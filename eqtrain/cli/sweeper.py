@@ -5,22 +5,45 @@ equivariant), so ``-m mode=nomreg,augreg,equivariant gamma=0.01,0.1,1,10`` would
 equivariant model four times, identically. This sweeper drops the γ overrides of such jobs and
 keeps one job per distinct command line: 9 jobs there, not 12. Everything else is Hydra's
 BasicSweeper. ``hydra/sweeper=grid`` selects it (configs/hydra/sweeper/grid.yaml); the named
-sweeps and the accuracy study do. Hydra loads sweepers only from its ``hydra_plugins`` namespace, so the
+sweeps and the accuracy studies do. ``exclude`` (a list of ``{key: value or [values]}``) drops the jobs
+that match every key of one entry: the rotated-MNIST study sweeps ``model=p4cnn,z2cnn`` but trains
+the plain Z2CNN only as the nominal and augmented baselines. Hydra loads sweepers only from its ``hydra_plugins`` namespace, so the
 class itself lives in hydra_plugins/eqtrain_sweeper/ and calls ``without_repeats`` from here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from ..training.modes import MODES
 
 GAMMA_KEYS = ("gamma", "gamma_schedule", "gamma_start", "gamma_ramp_epochs", "gamma_ramp_steps")
 
 
-def without_repeats(jobs: list[list[str]], default_mode: str | None = None) -> list[list[str]]:
-    """The jobs (lists of ``key=value``), γ keys dropped where the job's mode has no regularizer, deduplicated."""
+def _values(job: list[str]) -> dict[str, str]:
+    return {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in job if "=" in o)}
+
+
+def matches(job: list[str], entry: Mapping[str, object]) -> bool:
+    """Whether the job sets every key of ``entry`` to its value (or to one of its values, given a list)."""
+    values = _values(job)
+    for key, wanted in entry.items():
+        allowed = wanted if isinstance(wanted, Sequence) and not isinstance(wanted, str) else [wanted]
+        if values.get(key) not in {str(a) for a in allowed}:
+            return False
+    return True
+
+
+def without_repeats(
+    jobs: list[list[str]], default_mode: str | None = None, exclude: Sequence[Mapping[str, object]] = ()
+) -> list[list[str]]:
+    """The jobs (lists of ``key=value``) that match no ``exclude`` entry, γ keys dropped where the job's
+    mode has no regularizer, deduplicated."""
     kept, seen = [], set()
     for job in jobs:
-        values = {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in job if "=" in o)}
+        if any(matches(job, entry) for entry in exclude):
+            continue
+        values = _values(job)
         mode = values.get("mode", default_mode)
         if "phases" not in values and mode in MODES and not MODES[mode].regularize:
             job = [o for o in job if o.split("=", 1)[0].lstrip("+~") not in GAMMA_KEYS]

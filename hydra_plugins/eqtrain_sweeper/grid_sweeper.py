@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
@@ -14,16 +14,22 @@ log = logging.getLogger(__name__)
 
 
 class GridSweeper(BasicSweeper):
+    def __init__(
+        self, max_batch_size: Optional[int], params: Optional[dict] = None, exclude: Optional[list] = None
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.exclude = [dict(entry) for entry in exclude or ()]
+
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.default_mode = config.mode.name if "mode" in config else None
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
-        kept = without_repeats(jobs, getattr(self, "default_mode", None))
+        kept = without_repeats(jobs, getattr(self, "default_mode", None), getattr(self, "exclude", ()))
         if len(kept) < len(jobs):
             log.info(
-                "sweep: %d jobs (%d dropped: gamma does not change a mode without a regularizer)",
+                "sweep: %d jobs (%d dropped: excluded, or gamma does not change a mode without a regularizer)",
                 len(kept),
                 len(jobs) - len(kept),
             )

@@ -27,3 +27,12 @@ def test_other_keys_still_split_jobs_and_the_default_mode_counts():
 def test_phases_keep_their_gammas():
     jobs = [["mode=nominal", "+phases=[{mode:augreg,epochs:1}]", f"gamma={g}"] for g in (1, 10)]
     assert without_repeats(jobs) == jobs
+
+
+def test_exclude_drops_the_jobs_that_match_every_key_of_an_entry():
+    jobs = [[f"model={m}", f"mode={mode}", "gamma=1"] for m in ("p4cnn", "z2cnn") for mode in ("equivariant", "augreg")]
+    exclude = [{"model": "z2cnn", "mode": ["equivariant", "nomreg"]}]
+    kept = without_repeats(jobs, exclude=exclude)
+    assert kept == [["model=p4cnn", "mode=equivariant"], ["model=p4cnn", "mode=augreg", "gamma=1"], jobs[3]]
+    # a key the job does not set never matches, so nothing else is dropped
+    assert without_repeats(jobs, exclude=[{"model": "z2cnn", "seed": 0}]) == without_repeats(jobs)
