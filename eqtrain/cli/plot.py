@@ -165,7 +165,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vs", choices=("step", "gamma"), default="step", help="x axis: step (curves) or gamma")
     parser.add_argument("--tag", default=DEFAULT_TAG, help=f"curves: scalar on the y axis (default: {DEFAULT_TAG})")
     parser.add_argument(
-        "--metric", default=DEFAULT_METRIC, help=f"--vs gamma: final value on the y axis (default: {DEFAULT_METRIC})"
+        "--metric",
+        default=DEFAULT_METRIC,
+        help=f"--vs gamma: final value on the y axis (default: {DEFAULT_METRIC}); several, comma-separated: one "
+        "panel each (vs_gamma_panels.*)",
     )
     return parser.parse_args(argv)
 

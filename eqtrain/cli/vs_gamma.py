@@ -9,6 +9,7 @@ n, diverged, and median / IQR of the chosen metric and of the test accuracies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,11 @@ def statistics(groups: dict[Key, list[Run]], metric: str) -> dict[Key, tuple[flo
     return {k: median_iqr([r.final(metric) for r in runs if not r.diverged]) for k, runs in groups.items()}
 
 
-def table_rows(groups: dict[Key, list[Run]], metric: str) -> list[dict[str, object]]:
+def table_rows(groups: dict[Key, list[Run]], metric: str | Sequence[str]) -> list[dict[str, object]]:
+    """Per group: n, diverged, then median and IQR of the chosen metric(s) first, then of the test accuracies."""
     rows, schedule_column = [], with_schedule(groups)
-    metrics = [metric, *(m for m in TABLE_METRICS if m != metric)]
+    chosen = [metric] if isinstance(metric, str) else list(metric)
+    metrics = [*chosen, *(m for m in TABLE_METRICS if m not in chosen)]
     stats = {m: statistics(groups, m) for m in metrics}
     for key, runs in groups.items():
         row = row_head(key, runs, schedule_column)
@@ -50,16 +53,36 @@ def table_rows(groups: dict[Key, list[Run]], metric: str) -> list[dict[str, obje
     return rows
 
 
-def figure(groups: dict[Key, list[Run]], metric: str = DEFAULT_METRIC) -> Figure:
-    """Median and IQR band of the final ``metric`` against γ (log x), one line per (mode, schedule)."""
-    stats = statistics(groups, metric)
+def figure(groups: dict[Key, list[Run]], metric: str | Sequence[str] = DEFAULT_METRIC) -> Figure:
+    """Median and IQR band of the final ``metric`` against γ (log x), one line per (mode, schedule);
+    given several metrics, one panel each (up to three in a row), the legend in the first."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
     label = line_label(groups)
     lines = sorted({(m, s) for m, s, g in groups if g > 0})
     references = sorted({(m, s) for m, s, g in groups if g == 0})
     colour = {line: f"C{i % 10}" for i, line in enumerate(lines + [r for r in references if r not in lines])}
-    fig = Figure(figsize=(6.4, 4.4), dpi=150, layout="constrained")
+    cols = min(len(metrics), 3)
+    rows = -(-len(metrics) // cols)
+    fig = Figure(
+        figsize=(6.4 if cols == 1 else 4.2 * cols, 4.4 if rows == 1 else 3.6 * rows), dpi=150, layout="constrained"
+    )
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(metrics) :]:
+        fig.delaxes(ax)
+    for ax, m in zip(axes, metrics):
+        _panel(ax, groups, m, lines, references, colour, label)
+        ax.set_title(f"final {m}: median and IQR over seeds" if len(metrics) == 1 else f"final {m}", fontsize=10)
+    handles, _ = axes[0].get_legend_handles_labels()
+    handles.append(Patch(color="grey", alpha=0.25, label="IQR over seeds"))
+    if references:
+        handles.append(Line2D([], [], color="grey", ls="--", label="mode without γ"))
+    axes[0].legend(handles=handles, fontsize=7, loc="best")
+    return fig
+
+
+def _panel(ax, groups: dict[Key, list[Run]], metric: str, lines, references, colour, label) -> None:
+    stats = statistics(groups, metric)
     for line in lines:
         keys = sorted((k for k in groups if k[:2] == line and k[2] > 0), key=lambda k: k[2])
         x = np.array([k[2] for k in keys])
@@ -73,32 +96,30 @@ def figure(groups: dict[Key, list[Run]], metric: str = DEFAULT_METRIC) -> Figure
     ax.set_xscale("log")
     ax.set_xlabel("γ")
     ax.set_ylabel(f"final {metric}")
-    ax.set_title(f"final {metric}: median and IQR over seeds", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    handles, _ = ax.get_legend_handles_labels()
-    handles.append(Patch(color="grey", alpha=0.25, label="IQR over seeds"))
-    if references:
-        handles.append(Line2D([], [], color="grey", ls="--", label="mode without γ"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    return fig
 
 
 def vs_gamma_outputs(groups: dict[Key, list[Run]], metric: str, notes: list[str], out: Path) -> tuple[dict, str]:
-    """The figure and its table for ``--vs gamma``: {path: content} and what to print."""
+    """The figure and its table for ``--vs gamma``: {path: content} and what to print.
+
+    ``metric``: one metric, or several separated by commas (one panel each, ``vs_gamma_panels.*``).
+    """
+    metrics = [m.strip() for m in metric.split(",") if m.strip()]
     runs = [r for rs in groups.values() for r in rs]
-    if not any(np.isfinite(r.final(metric)) for r in runs):
-        found = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float)) and "/" in k})
-        raise PlotError(
-            f"--metric {metric} is in no run's metrics.json; metrics found: {', '.join(found)} "
-            f"(documented: {', '.join(METRICS)})"
-        )
+    for m in metrics or [metric]:
+        if not any(np.isfinite(r.final(m)) for r in runs):
+            found = sorted({k for r in runs for k, v in r.metrics.items() if isinstance(v, (int, float)) and "/" in k})
+            raise PlotError(
+                f"--metric {m} is in no run's metrics.json; metrics found: {', '.join(found)} "
+                f"(documented: {', '.join(METRICS)}; several: comma-separated)"
+            )
     if not any(gamma > 0 for *_, gamma in groups):
         modes = sorted({m for m, _, _ in groups})
         raise PlotError(f"--vs gamma needs runs with a regularizer (γ > 0); found only {', '.join(modes)} (γ = 0)")
-    fig = figure(groups, metric)
-    rows = table_rows(groups, metric)
+    fig = figure(groups, metrics[0] if len(metrics) == 1 else metrics)
+    rows = table_rows(groups, metrics)
     table = markdown_table(rows)
-    base = out / f"vs_gamma_{slug(metric)}"
+    base = out / (f"vs_gamma_{slug(metrics[0])}" if len(metrics) == 1 else "vs_gamma_panels")
     extra = "".join(f"\n{n}" for n in notes) + ("\n" if notes else "")
     outputs = {
         base.with_suffix(".png"): fig,

@@ -169,3 +169,37 @@ def test_a_mixed_directory_is_refused(sweep, tmp_path, capsys):
     default = json.dumps(make_config().lr)
     assert line.startswith("eqtrain-plot: error:") and f"lr = 0.01 (1 run), {default} (12 runs)" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_several_metrics_draw_one_panel_each_with_the_same_medians(sweep, tmp_path, capsys):
+    metrics = ["acc/test", "dist_to_E_rel/total", "equiv/layer/conv1"]
+    assert main([str(sweep), "--vs", "gamma", "--metric", ",".join(metrics), "--out", str(tmp_path)]) == 0
+    rows = read_csv(tmp_path / "vs_gamma_panels.csv")
+    assert [c for c in next(iter(rows.values())) if c.endswith(" median")][:3] == [f"{m} median" for m in metrics]
+    groups, _ = load_sweep(sweep)
+    fig = figure(groups, metrics)
+    assert [ax.get_ylabel() for ax in fig.axes] == [f"final {m}" for m in metrics]
+    expected = metrics_by_group(sweep)
+    for ax, metric in zip(fig.axes, metrics):
+        (augreg,) = [line for line in ax.get_lines() if line.get_label() == "augreg"]
+        median = [np.median([m[metric] for m in expected["augreg", "constant", g]]) for g in (0.1, 1.0)]
+        np.testing.assert_allclose(augreg.get_ydata(), median, rtol=1e-12)
+    assert fig.axes[0].get_legend() is not None and fig.axes[1].get_legend() is None
+    capsys.readouterr()
+    assert main([str(sweep), "--vs", "gamma", "--metric", "acc/test,acc/tset", "--out", str(tmp_path)]) == 2
+    assert "--metric acc/tset is in no run's metrics.json" in capsys.readouterr().err
+
+
+def test_a_sweep_over_models_names_each_group_after_its_model(sweep, tmp_path, capsys):
+    """The rotated-MNIST study sweeps model=p4cnn,z2cnn: their own keys (channels, fibers) may differ, each
+    model's runs must agree on them, and every row and line says its model."""
+    both = Path(shutil.copytree(sweep, tmp_path / "both"))
+    train_config(make_config(*TINY, "model=gcnn", "mode=augmented", "seeds=2"), both / "gcnn_augmented")
+    assert main([str(both), "--vs", "gamma", "--out", str(tmp_path / "out")]) == 0
+    rows = read_csv(tmp_path / "out" / "vs_gamma_acc_test_orbit.csv")
+    assert set(rows) == {(f"paper_cnn {m}", s, g) for m, s, g in GROUPS} | {("gcnn augmented", "constant", 0.0)}
+    capsys.readouterr()
+    train_config(make_config(*TINY, "model=gcnn", "model.channels=[2,2]", "mode=nominal"), both / "gcnn_narrow")
+    assert main([str(both), "--vs", "gamma", "--out", str(tmp_path / "out2")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "mixes runs" in line and "channels = " in line
