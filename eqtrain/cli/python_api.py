@@ -56,7 +56,7 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     from ..training.loop import train as train_loop
 
     try:
-        summary = train_loop(settings, run_dir)
+        summary = train_loop(settings, run_dir, overrides)
     except ValueError as err:  # missing or damaged data, a refused resume, a run that cannot fit
         raise ConfigError(message_of(err)) from None
     return RunResult(summary, Path(run_dir))

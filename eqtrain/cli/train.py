@@ -217,7 +217,7 @@ def main(cfg: DictConfig) -> float | None:
         from ..training.loop import train
 
         run_dir = HydraConfig.get().runtime.output_dir
-        result = train(settings, run_dir)
+        result = train(settings, run_dir, list(HydraConfig.get().overrides.task))
     except USER_ERRORS as err:
         message = message_of(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -9,13 +9,25 @@ computation of a step.) The event files read back like any others.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from .events import EventWriter
+
+
+def _mark_differing(experiment, names: set[str]):
+    """The experiment summary with ``differs`` set on the hparams ``names``."""
+    (value,) = experiment.value
+    data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in names
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return experiment
 
 
 class RunLogger:
@@ -56,10 +68,17 @@ class RunLogger:
             self.events.write_scalars(list(self._tags), np.array(self._steps), np.array(self._times), values)
             self._rows, self._steps, self._times = [], [], []
 
-    def hparams(self, params: dict[str, object], metric_tags: list[str]) -> None:
-        """hparams for TensorBoard's HParams tab, in the run's own directory."""
+    def hparams(self, params: dict[str, object], metric_tags: list[str], compared: Sequence[str] = ()) -> None:
+        """hparams for TensorBoard's HParams tab, in the run's own directory; ``compared`` first.
+
+        TensorBoard's table orders its columns by (not ``differs``, name) and shows the first few
+        (tensorboard/plugins/hparams/backend_context.py): marking the ``compared`` keys as differing puts
+        them on the first screen, instead of the alphabet's first keys (``activation``, ``augment``, ...).
+        """
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        for summary in hparams_summary(clean, {tag: 0.0 for tag in metric_tags}):
+        clean = {k: clean[k] for k in [*(c for c in compared if c in clean), *clean]}  # compared first
+        experiment, *session = hparams_summary(clean, {tag: 0.0 for tag in metric_tags})
+        for summary in (_mark_differing(experiment, set(compared)), *session):
             self.events.write_summary(summary)
 
     def close(self) -> None:

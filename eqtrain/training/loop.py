@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,8 +41,11 @@ log = logging.getLogger("eqtrain")
 GPU_CHECK_EVERY = 50  # steps between host reads of the seeds' finiteness on a GPU (each one waits for it)
 
 
-def train(settings: Settings, run_dir: str | Path) -> dict[str, object]:
+def train(settings: Settings, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, object]:
     """Train one run (``seeds`` seeds) into ``run_dir`` (or the directory ``resume`` names); its results.
+
+    ``overrides``: the job's command line (``mode=augreg``, ...): TensorBoard's HParams table shows
+    the keys it sets first.
 
     The torch thread count a run sets (``threads``, or a resumed run's) is undone afterwards, so
     the next job of a sequential sweep in the same process starts from the default again.
@@ -50,18 +54,18 @@ def train(settings: Settings, run_dir: str | Path) -> dict[str, object]:
     retain_freed_memory()  # large tensors freed each step are reused, not page-faulted in anew
     try:
         with StopSignals() as stop:  # from the start: a signal never meets the default handler
-            return _train(settings, Path(run_dir), stop)
+            return _train(settings, Path(run_dir), stop, overrides)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(settings: Settings, run_dir: Path, stop: StopSignals) -> dict[str, object]:
+def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequence[str]) -> dict[str, object]:
     cfg, device = settings.config, settings.device
     run_dir, ckpt = open_run_dir(settings, run_dir)
     data = load_data(settings)
     group = Group.from_name(cfg.group.name)
     state = starting_point(settings, group, data, ckpt)
-    out = Recorder(settings, run_dir, state, resumed=ckpt is not None)
+    out = Recorder(settings, run_dir, state, resumed=ckpt is not None, overrides=overrides)
     n, steps_per_epoch = len(data.y_train), math.ceil(len(data.y_train) / cfg.batch_size)
     total = total_steps(settings, steps_per_epoch)
     gamma_at = settings.gamma_schedule(steps_per_epoch)

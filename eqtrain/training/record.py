@@ -7,6 +7,7 @@ directory. A seed that diverged is evaluated and recorded where it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,13 +18,15 @@ from ..geometry.group import Group
 from ..run.files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, save_weights, seed_dir, write_json
 from ..run.tblog import RunLogger
 from .metrics import HPARAM_METRICS, evaluate, step_tags
-from .settings import Settings
+from .settings import Settings, compared_keys
 from .state import RunState
 from .steplog import StepLog
 
 
 class Recorder:
-    def __init__(self, settings: Settings, run_dir: Path, state: RunState, resumed: bool) -> None:
+    def __init__(
+        self, settings: Settings, run_dir: Path, state: RunState, resumed: bool, overrides: Sequence[str] = ()
+    ) -> None:
         self.settings, self.seeds = settings, state.seeds
         self.dirs = [seed_dir(run_dir, s, len(self.seeds)) for s in self.seeds]
         self.loggers = []
@@ -32,7 +35,8 @@ class Recorder:
             (d / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(settings.of_seed(seed))))
             logger = RunLogger(d, purge_step=state.step if resumed else None)
             if not resumed:
-                logger.hparams(settings.hparams(seed), list(HPARAM_METRICS))
+                hparams = settings.hparams(seed)
+                logger.hparams(hparams, list(HPARAM_METRICS), compared_keys(overrides, list(hparams)))
             self.loggers.append(logger)
         tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
         self.steps = StepLog(state.model.space, self.loggers, tags, settings.config.data_scale)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -198,6 +199,22 @@ def _phases(cfg, need) -> tuple[Phase, ...]:
 
 def _describe(phases) -> str:
     return " > ".join(f"{p.mode}[{p.augment}]x{p.epochs}" if p.dyn.augment else f"{p.mode}x{p.epochs}" for p in phases)
+
+
+# What a user compares first in TensorBoard's HParams table (with the keys a job's command line sets).
+COMPARED = ("mode", "gamma", "seed", "group", "model")
+
+
+def compared_keys(overrides: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    """The hparams (of ``names``) a job's overrides set — ``model.channels=[8]`` sets ``channels``,
+    ``init.scheme=x`` sets ``init``, ``seeds=30`` sets ``seed`` — then ``COMPARED``, once each."""
+    found = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        candidates = (key, parts[-1], parts[0], key.removesuffix("s"))
+        found += [next((c for c in candidates if c in names), None)]
+    return tuple(dict.fromkeys(k for k in [*found, *COMPARED] if k is not None and k in names))
 
 
 def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
