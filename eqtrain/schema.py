@@ -12,10 +12,19 @@ A leaf module: no torch, no Hydra, nothing of eqtrain.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 AUGMENT_KINDS = ("random", "orbit")  # SPEC §4: one random g per image per step, or the whole orbit
+LR_RULE = "use a finite number > 0"  # for a run's lr and eqtrain-analyze --lr alike
+
+
+def valid_lr(lr: float) -> bool:
+    """Whether ``lr`` can be a step size: finite and > 0 (``LR_RULE``)."""
+    return math.isfinite(lr) and lr > 0
+
+
 DEFAULT_GAMMA = 10.0  # γ of the regularized modes when ``gamma`` is left unset (docs/design.md: the default run)
 
 

@@ -16,7 +16,6 @@ default, with the projections rebuilt in that dtype.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ..geometry.group import Group
 from ..nets.cnn import EqCNN, logits_at
 from ..run.files import STABILITY_FILE, write_json
 from ..run.tblog import RunLogger
+from ..schema import LR_RULE, valid_lr
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,8 @@ def analyze(
 
 
 def _check(lr: float, samples: int, iterations: int) -> None:
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr={lr!r} is not valid: use a finite number > 0")
+    if not valid_lr(lr):
+        raise ValueError(f"lr={lr!r} is not valid: {LR_RULE}")
     if samples < 1 or iterations < 1:
         raise ValueError(f"samples={samples} and iterations={iterations} must be positive ints")
 

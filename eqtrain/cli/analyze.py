@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..run.files import STABILITY_FILE, writable_problem
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -37,7 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..analysis.stability import analyze_run, summary
     from ..data.datasets import DataDamaged, DataUnavailable
-    from ..run.files import STABILITY_FILE
     from ..training.restore import RestoreError, restore
 
     def fail(message: str) -> int:
@@ -85,14 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def unwritable(run_dir: Path) -> str | None:
     """Why the results cannot be written into ``run_dir`` (None when they can)."""
-    import tempfile
-
-    try:
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as err:
-        return err.strerror or str(err)
-    stability = run_dir / "stability.json"
+    problem = writable_problem(run_dir)
+    if problem:
+        return problem
+    stability = run_dir / STABILITY_FILE
     if stability.exists() and not stability.is_file():
         return f"{stability} is not a file"
     return None

@@ -31,9 +31,7 @@ from .runs import (
     line_label,
     load_sweep,
     markdown_table,
-    median_iqr,
-    row_head,
-    with_schedule,
+    stats_table,
     write_outputs,
 )
 from .vs_gamma import DEFAULT_METRIC, vs_gamma_outputs
@@ -51,20 +49,8 @@ __all__ = ["TABLE_TAGS", "PlotError", "figure", "load_sweep", "main", "summarize
 
 
 def summarize(groups: dict[Key, list[Run]]) -> list[dict[str, object]]:
-    """Per (mode, schedule, γ): n, how many diverged, and median / IQR over the other runs of each last value.
-
-    Diverged runs are counted but left out of the statistics: their last value is where the
-    loss blew up, not where training ended.
-    """
-    rows, schedule_column = [], with_schedule(groups)
-    for key, runs in groups.items():
-        row = row_head(key, runs, schedule_column)
-        kept = [r for r in runs if not r.diverged]
-        for tag in TABLE_TAGS:
-            q25, med, q75 = median_iqr([r.last(tag) for r in kept])
-            row[f"{tag} median"], row[f"{tag} IQR"] = med, q75 - q25
-        rows.append(row)
-    return rows
+    """Per (mode, schedule, γ): n, how many diverged, and median / IQR over the other runs of each last value."""
+    return stats_table(groups, TABLE_TAGS, Run.last)
 
 
 # --- the figure --------------------------------------------------------------------------------

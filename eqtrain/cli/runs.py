@@ -21,13 +21,14 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-EVENTS_GLOB = "events.out.tfevents.*"
-METRICS_FILE = "metrics.json"
+from ..run.files import EVENTS_GLOB, METRICS_FILE, write_atomic
+
 GROUP_KEYS = ("mode", "gamma")  # with the γ schedule: one curve family / line / table row per group
 SCHEDULE_KEYS = ("gamma_schedule", "gamma_start", "gamma_ramp")  # a ramp is its own group
 REPEAT_KEYS = ("seed",)  # the repetitions a median is taken over
@@ -312,6 +313,20 @@ def row_head(key: Key, runs: list[Run], schedule_column: bool) -> dict[str, obje
     return row
 
 
+def stats_table(groups: dict[Key, list[Run]], tags: Sequence[str], value: Callable[[Run, str], float]) -> list[dict]:
+    """Per group: mode, (schedule), γ, n, how many diverged, then for each tag the median and IQR of
+    ``value(run, tag)`` over the runs that did not diverge (their values are where the loss blew up)."""
+    rows, schedule_column = [], with_schedule(groups)
+    for key, runs in groups.items():
+        row = row_head(key, runs, schedule_column)
+        kept = [r for r in runs if not r.diverged]
+        for tag in tags:
+            q25, med, q75 = median_iqr([value(r, tag) for r in kept])
+            row[f"{tag} median"], row[f"{tag} IQR"] = med, q75 - q25
+        rows.append(row)
+    return rows
+
+
 def line_label(groups: dict[Key, list[Run]]):
     """(mode, schedule) -> legend label: the mode, with ``(exp ramp)`` for a ramp (in full when ambiguous)."""
     lines = sorted({(m, s) for m, s, _ in groups})
@@ -354,12 +369,7 @@ def _cell(column: str, value: object) -> str:
 def write_outputs(outputs: dict[Path, object]) -> None:
     """Write each output (text, or a Figure) atomically: a failed write leaves the previous file whole."""
     for path, content in outputs.items():
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            if isinstance(content, str):
-                tmp.write_text(content)
-            else:
-                content.savefig(tmp, format=path.suffix[1:])
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if isinstance(content, str):
+            write_atomic(path, lambda tmp, text=content: tmp.write_text(text))
+        else:
+            write_atomic(path, lambda tmp, fig=content, kind=path.suffix[1:]: fig.savefig(tmp, format=kind))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import logging
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..run.files import writable_problem
 from ..run.machine import cpus_allowed
 from ..schema import Config
 from .summary import run_summary
@@ -108,10 +108,11 @@ class OutputDirCheck(Callback):
     def _check(key: str, directory: str) -> None:
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=directory):
-                pass
         except OSError as err:
             fail(f"{key}={directory!r} is not writable ({err.strerror}); pass a writable {key}=...")
+        problem = writable_problem(directory)
+        if problem:
+            fail(f"{key}={directory!r} is not writable ({problem}); pass a writable {key}=...")
 
 
 def adapt_to_launcher(cfg: DictConfig) -> None:

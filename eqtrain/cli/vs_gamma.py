@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .runs import Key, PlotError, Run, csv_text, line_label, markdown_table, median_iqr, row_head, with_schedule
+from .runs import Key, PlotError, Run, csv_text, line_label, markdown_table, median_iqr, stats_table
 
 DEFAULT_METRIC = "acc/test_orbit"
 METRICS = ("acc/test_orbit", "acc/test", "acc/test_projected", "dist_to_E_rel/total")  # documented choices
@@ -40,17 +40,8 @@ def statistics(groups: dict[Key, list[Run]], metric: str) -> dict[Key, tuple[flo
 
 def table_rows(groups: dict[Key, list[Run]], metric: str | Sequence[str]) -> list[dict[str, object]]:
     """Per group: n, diverged, then median and IQR of the chosen metric(s) first, then of the test accuracies."""
-    rows, schedule_column = [], with_schedule(groups)
     chosen = [metric] if isinstance(metric, str) else list(metric)
-    metrics = [*chosen, *(m for m in TABLE_METRICS if m not in chosen)]
-    stats = {m: statistics(groups, m) for m in metrics}
-    for key, runs in groups.items():
-        row = row_head(key, runs, schedule_column)
-        for m in metrics:
-            q25, med, q75 = stats[m][key]
-            row[f"{m} median"], row[f"{m} IQR"] = med, q75 - q25
-        rows.append(row)
-    return rows
+    return stats_table(groups, [*chosen, *(m for m in TABLE_METRICS if m not in chosen)], Run.final)
 
 
 def figure(groups: dict[Key, list[Run]], metric: str | Sequence[str] = DEFAULT_METRIC) -> Figure:

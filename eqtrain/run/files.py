@@ -37,6 +37,18 @@ def write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def writable_problem(directory: str | Path) -> str | None:
+    """Why files cannot be created in ``directory`` (the system's reason), or None when they can."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     """Write JSON atomically. Non-finite floats become the strings "nan" / "inf" / "-inf"."""
     text = json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False) + "\n"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..schema import AUGMENT_KINDS, DEFAULT_GAMMA, Config
+from ..schema import AUGMENT_KINDS, DEFAULT_GAMMA, LR_RULE, Config, valid_lr
 from .modes import MODES, Dynamics
 from .schedule import SCHEDULES, GammaSchedule
 
@@ -145,7 +145,7 @@ def _check_values(cfg: Config, need) -> None:
     largest = DTYPES[cfg.dtype]  # γ and lr enter the update as numbers of the run's dtype
     need(cfg.gamma is None or cfg.gamma <= largest, "gamma", f"larger than the largest {cfg.dtype} ({largest:.3g})")
     need(cfg.lr <= largest or not math.isfinite(cfg.lr), "lr", f"larger than the largest {cfg.dtype} ({largest:.3g})")
-    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "use a finite number > 0")
+    need(valid_lr(cfg.lr), "lr", LR_RULE)
     need(cfg.batch_size >= 1, "batch_size", "use an int >= 1")
     need(cfg.epochs >= 0, "epochs", "use an int >= 0")
     need(cfg.max_steps is None or cfg.max_steps >= 0, "max_steps", "use an int >= 0 or null")
