@@ -2,6 +2,8 @@
 
 Layers, bottom to top: schema → geometry → nets → data → run → analysis → training → cli. Every
 import is counted, also those inside functions (a cycle hidden in a function is still a cycle).
+``hydra_plugins/eqtrain_sweeper`` (the grid sweeper's class, where Hydra looks for sweepers) belongs to
+the cli layer: it may use eqtrain.cli and below, and nothing below cli may use it.
 """
 
 import ast
@@ -10,6 +12,8 @@ from pathlib import Path
 import eqtrain
 
 ROOT = Path(eqtrain.__file__).parent
+PLUGINS = ROOT.parent / "hydra_plugins" / "eqtrain_sweeper"
+OURS = ("eqtrain", "hydra_plugins.eqtrain_sweeper")
 LAYERS = ["schema", "geometry", "nets", "data", "run", "analysis", "training", "cli"]
 
 
@@ -24,13 +28,13 @@ def imports_of(path: Path) -> set[str]:
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("eqtrain")}
+            found |= {a.name for a in node.names if a.name.startswith(OURS)}
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            if base.startswith("eqtrain"):
+            if base.startswith(OURS):
                 found.add(base)
                 found |= {
                     f"{base}.{a.name}"
@@ -41,11 +45,13 @@ def imports_of(path: Path) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    return {module_name(p): imports_of(p) for p in ROOT.rglob("*.py")}
+    return {module_name(p): imports_of(p) for p in [*ROOT.rglob("*.py"), *PLUGINS.rglob("*.py")]}
 
 
 def layer(module: str) -> int:
     parts = module.split(".")
+    if parts[0] == "hydra_plugins":
+        return LAYERS.index("cli")
     if len(parts) == 1:  # eqtrain/__init__: the front door above all (eqtrain.train loads cli.python_api)
         return len(LAYERS)
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else -1
@@ -82,6 +88,8 @@ def test_the_import_graph_has_no_cycle():
 def test_the_checks_have_teeth():
     edges = graph()
     assert "eqtrain.training.loop" in edges["eqtrain.cli.train"]  # imported inside main(): still seen
+    assert "eqtrain.cli.sweeper" in edges["hydra_plugins.eqtrain_sweeper.grid_sweeper"]  # the plugin is seen
+    assert upward_edges({"eqtrain.training.loop": {"hydra_plugins.eqtrain_sweeper.grid_sweeper"}}) != []
     assert upward_edges({"eqtrain.nets.cnn": {"eqtrain.training.loop"}}) == [
         ("eqtrain.nets.cnn", "eqtrain.training.loop")
     ]
