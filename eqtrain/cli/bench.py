@@ -104,7 +104,7 @@ def make_eqtrain(
     """The real step of the training loop (``sgd_step`` with the per-step SPEC §7 log) for ``seeds`` seeds."""
     group = Group.from_name("c4")
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
-    model = build_model(model_cfg, group, SHAPE, CLASSES, dyn.constrain, seeds=seeds)
+    model = build_model(model_cfg, group, SHAPE, CLASSES, dyn.constrain, n_seeds=seeds)
     model.set_weights(initial_weights_of_seeds(model, "perturbed_equivariant", 1e-3, list(range(seeds))))
     augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
     gens = [torch.Generator().manual_seed(k) for k in range(seeds)]
@@ -119,7 +119,7 @@ def make_eqtrain(
         idx = (torch.arange(i * batch * seeds, (i + 1) * batch * seeds) % n).view(seeds, batch)
         x, y = x_all[idx], y_all[idx]
         if augmenter is not None:
-            x, y = augmenter.seeds(x, y, gens)
+            x, y = augmenter.per_seed(x, y, gens)
         result = sgd_step(model, x, y, 1e-3, gamma, 1.0, alive)
         log.add(i, result.loss, result.weights, gamma, stopped)
 
@@ -152,7 +152,7 @@ def eval_cost(n_seeds: int, model_cfg: ModelConfig | None = None) -> float:
     """Seconds per image and seed of the evaluation (``metrics.evaluate``: model and projected model, test orbit)."""
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     group = Group.from_name("c4")
-    model = build_model(model_cfg, group, SHAPE, CLASSES, False, seeds=n_seeds)
+    model = build_model(model_cfg, group, SHAPE, CLASSES, False, n_seeds=n_seeds)
     data = Data(torch.rand(1000, *SHAPE), torch.randint(0, CLASSES, (1000,)), torch.rand(250, *SHAPE),
                 torch.randint(0, CLASSES, (250,)), CLASSES)  # fmt: skip
     evaluate(model, data, group)

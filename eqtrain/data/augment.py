@@ -41,7 +41,7 @@ class Augmenter:
         index = self.perms[elements.to(self.perms.device)]  # (n, s)
         return flat.gather(2, index[:, None, :].expand(n, c, h * w)).view(n, c, h, w), y
 
-    def seeds(
+    def per_seed(
         self, x: torch.Tensor, y: torch.Tensor, generators: list[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each seed's batch (x: (N, B, C, H, W), y: (N, B)) augmented with that seed's own stream."""

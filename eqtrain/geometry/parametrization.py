@@ -74,7 +74,7 @@ class ParametrizedMap(nn.Module):
 
     def __init__(
         self,
-        seeds: int,
+        n_seeds: int,
         out_dim: int,
         in_dim: int,
         size: int,
@@ -86,10 +86,10 @@ class ParametrizedMap(nn.Module):
         orbits = basis if isinstance(basis, OrbitBasis) else None
         basis = None if orbits is not None else basis
         if orbits is not None:
-            self.theta = nn.Parameter(torch.zeros(seeds, orbits.dim, dtype=dtype))
+            self.theta = nn.Parameter(torch.zeros(n_seeds, orbits.dim, dtype=dtype))
         else:
             p = size if basis is None else basis.shape[0]
-            self.theta = nn.Parameter(torch.zeros(seeds, out_dim, in_dim, p, dtype=dtype))
+            self.theta = nn.Parameter(torch.zeros(n_seeds, out_dim, in_dim, p, dtype=dtype))
         self.register_buffer("basis", basis, persistent=False)
         pinv = None if basis is None else torch.linalg.pinv(basis.double()).to(basis.dtype)
         self.register_buffer("basis_pinv", pinv, persistent=False)

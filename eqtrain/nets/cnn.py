@@ -204,7 +204,7 @@ class EqCNN(nn.Module):
         constrain: bool = False,
         basis_seed: int = 0,
         dtype: torch.dtype = torch.float32,
-        seeds: int = 1,
+        n_seeds: int = 1,
     ) -> None:
         super().__init__()
         c_in, h, w = arch.in_shape
@@ -222,7 +222,7 @@ class EqCNN(nn.Module):
             space = LayerSpace(group, sh, sw, mask, dtype, out_type, in_type)
             basis = make_basis(space, parametrization, constrain, generator)
             spaces.append(space)
-            self.maps.append(ParametrizedMap(seeds, out_type.channels, in_type.channels, sh * sw, basis, dtype))
+            self.maps.append(ParametrizedMap(n_seeds, out_type.channels, in_type.channels, sh * sw, basis, dtype))
         self._check_head(arch, group, spaces[-1], head_in)
         names = [f"conv{i}" for i in range(1, len(arch.channels) + 1)] + ["head"]
         self.space = NetworkSpace(names, spaces, [m.channels for m in self.maps])
@@ -230,7 +230,7 @@ class EqCNN(nn.Module):
         # Biases are one per field / per class, hence already invariant (SPEC §1, §9): not part of A.
         # (A regular field's bias is shared by its |G| channels; see ``logits_at``.)
         sizes = [*arch.channels, arch.n_classes][:n_bias]
-        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(seeds, c, dtype=dtype)) for c in sizes])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(n_seeds, c, dtype=dtype)) for c in sizes])
         self.identity_maps = all(m.basis is None and m.orbit_labels is None for m in self.maps)  # θ = A
         flat = torch.cat([p.detach().flatten(1) for p in self.parameter_list()], 1)
         self.register_buffer("flat", flat, persistent=False)
@@ -329,7 +329,7 @@ class EqCNN(nn.Module):
         return torch.cat([m.pull_back(g.view(s)).flatten(1) for m, g, s in zip(self.maps, parts, shapes)], 1)
 
     @property
-    def seeds(self) -> int:
+    def n_seeds(self) -> int:
         return self.maps[0].theta.shape[0]
 
     @property
@@ -371,7 +371,7 @@ class EqCNN(nn.Module):
 
     def n_params(self) -> int:
         """Learnable numbers of one seed's network."""
-        return sum(p.numel() for p in self.parameters()) // self.seeds
+        return sum(p.numel() for p in self.parameters()) // self.n_seeds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, B, classes) of every seed on x: (B, C, H, W) shared, or (N, B, C, H, W) per seed."""
@@ -442,8 +442,8 @@ def build_model(
     n_classes: int,
     constrain: bool,
     dtype: torch.dtype = torch.float32,
-    seeds: int = 1,
+    n_seeds: int = 1,
 ) -> EqCNN:
     arch = architecture_from_config(model_cfg, in_shape, n_classes)
     support = make_support(model_cfg.support, arch.kernel_size)
-    return EqCNN(arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype, seeds)
+    return EqCNN(arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype, n_seeds)

@@ -88,7 +88,7 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
         x, y = state.batch(data, cfg.batch_size)
         used = y.shape[1]
         if phase.dyn.augment:
-            x, y = augmenter(phase.augment).seeds(x, y, state.aug_gens)
+            x, y = augmenter(phase.augment).per_seed(x, y, state.aug_gens)
         gamma = gamma_at(state.step) if phase.dyn.regularize else 0.0
         twin_dist = twin_distance(state) if state.twin is not None else None
         result = sgd_step(state.model, x, y, cfg.lr, gamma, cfg.data_scale, state.alive)
@@ -150,10 +150,10 @@ def twin_distance(state: RunState) -> torch.Tensor:
 
 def report_divergence(state: RunState) -> None:
     for k, step in state.note_divergence():
-        others = " (the others go on)" if len(state.seeds) > 1 else ""
+        others = " (the others go on)" if len(state.seed_ids) > 1 else ""
         log.error(
             "seed %d diverged at step %d: the loss or the update is not finite; lower lr or gamma%s",
-            state.seeds[k],
+            state.seed_ids[k],
             step,
             others,
         )
@@ -171,7 +171,7 @@ def interrupt(run_dir: Path, state: RunState, out: Recorder, stop: StopSignals) 
 
 
 def log_start(settings: Settings, state: RunState, group: Group, total: int, run_dir: Path) -> None:
-    seeds = f"{len(state.seeds)} seeds, " if len(state.seeds) > 1 else ""
+    seeds = f"{len(state.seed_ids)} seeds, " if len(state.seed_ids) > 1 else ""
     log.info(
         "mode=%s gamma=%g group=%s: %s%d parameters, dim E=%d, %d steps on %s -> %s",
         settings.mode, settings.gamma, group.name, seeds, state.model.n_params(), state.model.dim_e(), total,

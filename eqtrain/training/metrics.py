@@ -50,7 +50,7 @@ EVAL_BYTES = 8 << 20
 
 def eval_chunk(model: EqCNN, budget: int = EVAL_BYTES) -> int:
     """Images per evaluation chunk: the widest activation of all seeds stays within ``budget`` bytes."""
-    per_image = model.seeds * model.widest_activation() * model.flat.element_size()
+    per_image = model.n_seeds * model.widest_activation() * model.flat.element_size()
     return max(1, budget // per_image)
 
 

@@ -27,10 +27,10 @@ class Recorder:
     def __init__(
         self, settings: Settings, run_dir: Path, state: RunState, resumed: bool, overrides: Sequence[str] = ()
     ) -> None:
-        self.settings, self.seeds = settings, state.seeds
-        self.dirs = [seed_dir(run_dir, s, len(self.seeds)) for s in self.seeds]
+        self.settings, self.seed_ids = settings, state.seed_ids
+        self.dirs = [seed_dir(run_dir, s, len(self.seed_ids)) for s in self.seed_ids]
         self.loggers = []
-        for seed, d in zip(self.seeds, self.dirs):
+        for seed, d in zip(self.seed_ids, self.dirs):
             d.mkdir(parents=True, exist_ok=True)
             (d / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(settings.of_seed(seed))))
             logger = RunLogger(d, purge_step=state.step if resumed else None)
@@ -40,7 +40,7 @@ class Recorder:
             self.loggers.append(logger)
         tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
         self.steps = StepLog(state.model.space, self.loggers, tags, settings.config.data_scale)
-        self.metrics: list[dict[str, float]] = [{} for _ in self.seeds]
+        self.metrics: list[dict[str, float]] = [{} for _ in self.seed_ids]
         self.evaluated_at = -1
 
     def evaluate(self, state: RunState, data: Data, group: Group) -> list[dict[str, float]]:
@@ -60,7 +60,7 @@ class Recorder:
             logger.flush()
 
     def interrupted(self, state: RunState) -> None:
-        for seed, d, logger in zip(self.seeds, self.dirs, self.loggers):
+        for seed, d, logger in zip(self.seed_ids, self.dirs, self.loggers):
             logger.close()
             write_json(
                 d / METRICS_FILE, {"status": "interrupted", "steps": state.step, "hparams": self.settings.hparams(seed)}
@@ -75,7 +75,7 @@ class Recorder:
         died_at = state.died_at.tolist()
         weights = [a.detach() for a in state.model.weights()]
         results = []
-        for k, (seed, d, logger) in enumerate(zip(self.seeds, self.dirs, self.loggers)):
+        for k, (seed, d, logger) in enumerate(zip(self.seed_ids, self.dirs, self.loggers)):
             end = died_at[k] if state.stopped[k] else state.step
             if state.stopped[k]:  # its curves end where it stopped; so does its last evaluation
                 logger.log(end, self.metrics[k])

@@ -32,7 +32,7 @@ def open_run_dir(settings: Settings, run_dir: Path) -> tuple[Path, dict | None]:
     resuming = resume is True or (isinstance(resume, str) and resume != "auto") or (resume == "auto" and has_checkpoint)
     ckpt = load_checkpoint(run_dir, settings.config_hash(), cfg.force_resume) if resuming else None
     if ckpt is None:
-        seeds = settings.seeds  # a new tuple at each use: once, or this loop is quadratic in seeds
+        seeds = settings.seed_ids  # a new tuple at each use: once, or this loop is quadratic in seeds
         for d in {seed_dir(run_dir, s, len(seeds)) for s in seeds}:
             if not holds_run(d):
                 continue

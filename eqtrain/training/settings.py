@@ -63,7 +63,7 @@ class Settings:
         return ">".join(p.mode for p in self.phases)
 
     @property
-    def seeds(self) -> tuple[int, ...]:
+    def seed_ids(self) -> tuple[int, ...]:
         """The seeds this run trains: seed, seed + 1, ..., seed + seeds − 1."""
         return tuple(range(self.config.seed, self.config.seed + self.config.seeds))
 

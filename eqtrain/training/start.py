@@ -20,7 +20,7 @@ log = logging.getLogger("eqtrain")
 def new_model(settings: Settings, constrain: bool, group: Group, data: Data) -> EqCNN:
     cfg = settings.config
     model = build_model(
-        cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, seeds=len(settings.seeds)
+        cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, n_seeds=len(settings.seed_ids)
     )
     return model.to(settings.device)
 
@@ -58,16 +58,16 @@ def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | No
         check_fits(settings, largest, group.order if orbit else 1)
     phase = settings.phases[ckpt["phase"] if ckpt is not None else 0]
     model = new_model(settings, phase.dyn.constrain, group, data)
-    a0 = initial_weights_of_seeds(model, cfg.init.scheme, cfg.init.sigma, list(settings.seeds))
+    a0 = initial_weights_of_seeds(model, cfg.init.scheme, cfg.init.sigma, list(settings.seed_ids))
     model.set_weights(a0)
     twin = None
     if cfg.twin:  # the equivariant twin starts from Π_E(A₀) (SPEC §7)
         twin = new_model(settings, True, group, data)
         twin.set_weights(a0)
-    state = RunState(settings.seeds, model, twin, config_hash=settings.config_hash())
+    state = RunState(settings.seed_ids, model, twin, config_hash=settings.config_hash())
     if ckpt is not None:
-        if list(ckpt.get("seeds", [])) != list(settings.seeds):
-            raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seeds)}")
+        if list(ckpt.get("seeds", [])) != list(settings.seed_ids):
+            raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seed_ids)}")
         state.load_state_dict(ckpt)
         log.info("resuming at step %d (epoch %d, phase %d)", state.step, state.epoch, state.phase)
     return state

@@ -23,7 +23,7 @@ def generator(seed: int, stream: int) -> torch.Generator:
 
 @dataclass
 class RunState:
-    seeds: tuple[int, ...]
+    seed_ids: tuple[int, ...]
     model: EqCNN
     twin: EqCNN | None = None
     config_hash: str = ""  # of the config that wrote it: a resume must match it
@@ -40,9 +40,9 @@ class RunState:
     start: torch.Tensor | None = None  # (N, layers + 2): the distances of A₀, for the end-of-run summary
 
     def __post_init__(self) -> None:
-        n = len(self.seeds)
-        self.order_gens = self.order_gens or [generator(s, 1) for s in self.seeds]
-        self.aug_gens = self.aug_gens or [generator(s, 2) for s in self.seeds]
+        n = len(self.seed_ids)
+        self.order_gens = self.order_gens or [generator(s, 1) for s in self.seed_ids]
+        self.aug_gens = self.aug_gens or [generator(s, 2) for s in self.seed_ids]
         device = self.model.maps[0].theta.device
         self.alive = torch.ones(n, dtype=torch.bool, device=device) if self.alive is None else self.alive
         self.died_at = torch.full((n,), -1, device=device) if self.died_at is None else self.died_at
@@ -75,7 +75,7 @@ class RunState:
     def state_dict(self) -> dict:
         return {
             "config_hash": self.config_hash,
-            "seeds": list(self.seeds),
+            "seeds": list(self.seed_ids),
             "step": self.step,
             "epoch": self.epoch,
             "position": self.position,

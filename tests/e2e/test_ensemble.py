@@ -103,7 +103,7 @@ def test_analyze_writes_every_seeds_stability(tmp_path):
 
 
 def test_a_diverging_seed_is_frozen_and_the_others_go_on():
-    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False, seeds=2)
+    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False, n_seeds=2)
     model.set_weights(initial_weights_of_seeds(model, "standard", 0.0, [0, 1]))
     before = [m.theta.detach().clone() for m in model.maps]
     x, y = torch.rand(2, 4, 1, 28, 28), torch.randint(0, 10, (2, 4))

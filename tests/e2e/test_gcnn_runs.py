@@ -80,7 +80,7 @@ def test_gcnn_checkpoint_restores_the_orbit_coordinates(run_train):
     run = run_train(*SMALL, "mode=equivariant", "max_steps=3", "seeds=2")
     state = torch.load(run.dir / "checkpoint.pt", weights_only=True)["model"]
     cfg = make_config(*SMALL)
-    model = build_model(cfg.model, Group.from_name("c4"), (1, 12, 12), 10, True, seeds=2)
+    model = build_model(cfg.model, Group.from_name("c4"), (1, 12, 12), 10, True, n_seeds=2)
     model.load_state_dict(state)
     assert model.maps[1].theta.shape == (2, 4 * 4 * 36)
     final = Run(run.dir / "seed=1").weights()

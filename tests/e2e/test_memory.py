@@ -65,7 +65,7 @@ def test_the_refusal_names_what_fits(monkeypatch):
     model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
 
     class Settings:
-        seeds = tuple(range(5000))
+        seed_ids = tuple(range(5000))
         config = type("C", (), {"batch_size": 10})
 
     with pytest.raises(fp.ConfigError) as err:

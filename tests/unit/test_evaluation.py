@@ -16,7 +16,7 @@ from ..helpers import TINY
 
 def ensemble(seeds: int, dtype=torch.float32, **model):
     torch.manual_seed(0)
-    m = build_model(ModelConfig(**model), Group.from_name("c4"), (1, 28, 28), 10, False, dtype, seeds=seeds)
+    m = build_model(ModelConfig(**model), Group.from_name("c4"), (1, 28, 28), 10, False, dtype, n_seeds=seeds)
     with torch.no_grad():
         m.flat.normal_(0, 0.3)
     return m

@@ -74,7 +74,7 @@ def test_every_mode_and_group_builds(preset, group):
 
 def reference_errors(model, x, rho_pixels_only=False):
     """e_l straight from SPEC §11's definition: every image at once, every g (the identity too)."""
-    g, n = model.group, model.seeds
+    g, n = model.group, model.n_seeds
     types = model.arch.field_types(g)[1:-1]
     weights, errors = model.weights(), torch.zeros(len(types), n, dtype=torch.float64)
     with torch.no_grad():

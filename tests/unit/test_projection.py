@@ -127,12 +127,12 @@ def test_weights_on_e_have_distance_exactly_zero_in_float32(name):
     from eqtrain.nets.cnn import build_model
     from eqtrain.schema import ModelConfig
 
-    model = build_model(ModelConfig(), Group.from_name(name), (1, 28, 28), 10, constrain=True, seeds=3)
+    model = build_model(ModelConfig(), Group.from_name(name), (1, 28, 28), 10, constrain=True, n_seeds=3)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in model.maps:
             m.theta.copy_(torch.randn(m.theta.shape, generator=generator))
     assert model.distances().values.abs().max().item() == 0.0
-    nominal = build_model(ModelConfig(), Group.from_name(name), (1, 28, 28), 10, constrain=False, seeds=3)
+    nominal = build_model(ModelConfig(), Group.from_name(name), (1, 28, 28), 10, constrain=False, n_seeds=3)
     nominal.set_weights([a.detach() * (1 + 1e-3 * torch.rand(a.shape, generator=generator)) for a in model.weights()])
     assert nominal.distances().total.min().item() > 1e-6  # off E by a hair: measured, not hidden
