@@ -108,11 +108,11 @@ def make_eqtrain(
     model.set_weights(initial_weights_of_seeds(model, "perturbed_equivariant", 1e-3, list(range(seeds))))
     augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
     gens = [torch.Generator().manual_seed(k) for k in range(seeds)]
-    alive = torch.ones(seeds, dtype=torch.bool)
+    running = torch.ones(seeds, dtype=torch.bool)
     loggers = [RunLogger(f"{logdir}/{k}") for k in range(seeds)]
     log = StepLog(model.space, loggers, step_tags(model.layer_names), 1.0)
     gamma = 0.1 if dyn.regularize else 0.0
-    stopped = [False] * seeds
+    diverged = [False] * seeds
     n = len(y_all)
 
     def step(i: int) -> None:
@@ -120,8 +120,8 @@ def make_eqtrain(
         x, y = x_all[idx], y_all[idx]
         if augmenter is not None:
             x, y = augmenter.per_seed(x, y, gens)
-        result = sgd_step(model, x, y, 1e-3, gamma, 1.0, alive)
-        log.add(i, result.loss, result.weights, gamma, stopped)
+        result = sgd_step(model, x, y, 1e-3, gamma, 1.0, running)
+        log.add(i, result.loss, result.weights, gamma, diverged)
 
     return step, (log, loggers)
 

@@ -65,7 +65,7 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
     data = load_data(settings)
     group = Group.from_name(cfg.group.name)
     state = starting_point(settings, group, data, ckpt)
-    out = Recorder(settings, run_dir, state, resumed=ckpt is not None, overrides=overrides)
+    recorder = Recorder(settings, run_dir, state, resumed=ckpt is not None, overrides=overrides)
     n, steps_per_epoch = len(data.y_train), math.ceil(len(data.y_train) / cfg.batch_size)
     total = total_steps(settings, steps_per_epoch)
     gamma_at = settings.gamma_schedule(steps_per_epoch)
@@ -73,45 +73,45 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
     augmenter = functools.cache(lambda kind: Augmenter(group, kind, *data.image_shape[1:], device))
     progress = Progress(total, start=state.step)
     if ckpt is None:
-        out.evaluate(state, data, group)
+        recorder.evaluate(state, data, group)
     while True:
         if state.position >= n:  # an epoch is complete: checkpoint, then evaluate
             save_checkpoint(run_dir, state.state_dict())
             state.epoch, state.position = state.epoch + 1, 0
             if state.epoch % cfg.eval_every == 0:
-                log_epoch(state, out.evaluate(state, data, group))
-        if state.step >= total or all(state.stopped):
+                log_epoch(state, recorder.evaluate(state, data, group))
+        if state.step >= total or all(state.diverged):
             break
-        phase = enter_phase(settings, state, group, data, out)
+        phase = enter_phase(settings, state, group, data, recorder)
         if state.position == 0:
             state.new_order(n, cfg.dataset.shuffle)
         x, y = state.batch(data, cfg.batch_size)
         used = y.shape[1]
         if phase.dyn.augment:
             x, y = augmenter(phase.augment).per_seed(x, y, state.aug_gens)
-        gamma = gamma_at(state.step) if phase.dyn.regularize else 0.0
+        gamma_t = gamma_at(state.step) if phase.dyn.regularize else 0.0
         twin_dist = twin_distance(state) if state.twin is not None else None
-        result = sgd_step(state.model, x, y, cfg.lr, gamma, cfg.data_scale, state.alive)
+        result = sgd_step(state.model, x, y, cfg.lr, gamma_t, cfg.data_scale, state.running)
         if state.twin is not None:
-            sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.alive))
+            sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.running))
         if state.step % cfg.log_every == 0:
             extra = None if twin_dist is None else twin_dist[:, None]
-            out.steps.add(state.step, result.loss, result.weights, gamma, state.stopped, extra)
+            recorder.steps.add(state.step, result.loss, result.weights, gamma_t, state.diverged, extra)
             progress.update(state.step, result.loss, lambda: state.model.distances().total)
-        state.record(result.alive)
+        state.after_step(result.running)
         state.position += used
         state.step += 1
         if device.type == "cpu" or state.step % GPU_CHECK_EVERY == 0:
             report_divergence(state)
         if stop.requested:
             progress.close()
-            interrupt(run_dir, state, out, stop)
+            interrupt(run_dir, state, recorder, stop)
     progress.close()
     report_divergence(state)
-    save_checkpoint(run_dir, state.state_dict())  # a diverged seed's is the state it stopped in
-    results = out.finish(state, data, group, steps_per_epoch)
+    save_checkpoint(run_dir, state.state_dict())  # a diverged seed's is the state it diverged in
+    results = recorder.finish(state, data, group, steps_per_epoch)
     if cfg.analyze:  # SPEC §5.4: γ_crit and the stable window at the final point
-        analyze_seeds(settings, state, data, group, out.dirs, results)
+        analyze_seeds(settings, state, data, group, recorder.dirs, results)
     return summary_of(results)
 
 
@@ -128,15 +128,15 @@ def total_steps(settings: Settings, steps_per_epoch: int) -> int:
     return total if settings.config.max_steps is None else min(total, settings.config.max_steps)
 
 
-def enter_phase(settings: Settings, state: RunState, group: Group, data: Data, out: Recorder):
+def enter_phase(settings: Settings, state: RunState, group: Group, data: Data, recorder: Recorder):
     """The phase of the current epoch; at a phase switch, the new parametrization from the same A and biases."""
     ends = [sum(p.epochs for p in settings.phases[: i + 1]) for i in range(len(settings.phases))]
     index = next((i for i, end in enumerate(ends) if state.epoch < end), len(settings.phases) - 1)
     if index != state.phase:
-        out.steps.flush()  # measured in the space of the model that took them
+        recorder.steps.flush()  # measured in the space of the model that took them
         state.phase = index
         state.model = build_for_phase(settings, settings.phases[index], group, data, state.model)
-        out.steps.space = state.model.space
+        recorder.steps.space = state.model.space
         log.info("phase %d: mode=%s from step %d", index, settings.phases[index].mode, state.step)
     return settings.phases[index]
 
@@ -149,7 +149,7 @@ def twin_distance(state: RunState) -> torch.Tensor:
 
 
 def report_divergence(state: RunState) -> None:
-    for k, step in state.note_divergence():
+    for k, step in state.newly_diverged():
         others = " (the others go on)" if len(state.seed_ids) > 1 else ""
         log.error(
             "seed %d diverged at step %d: the loss or the update is not finite; lower lr or gamma%s",
@@ -159,11 +159,11 @@ def report_divergence(state: RunState) -> None:
         )
 
 
-def interrupt(run_dir: Path, state: RunState, out: Recorder, stop: StopSignals) -> None:
+def interrupt(run_dir: Path, state: RunState, recorder: Recorder, stop: StopSignals) -> None:
     """A stop signal: flush, checkpoint, mark every seed interrupted, then hand over (exits)."""
-    out.flush()
+    recorder.flush()
     save_checkpoint(run_dir, state.state_dict())
-    out.interrupted(state)
+    recorder.interrupted(state)
     log.warning(
         "stopped by signal %d at step %d; checkpoint written, resume with resume=true", stop.received, state.step
     )

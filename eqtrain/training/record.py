@@ -2,7 +2,7 @@
 
 An ensemble of N seeds writes N run directories (``seed=<s>/``), each exactly what that seed's
 own run would write, so every tool reads them the same way; a single run writes into its own
-directory. A seed that diverged is evaluated and recorded where it stopped.
+directory. A seed that diverged is evaluated and recorded where it diverged.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Recorder:
         cfg = self.settings.config
         self.metrics = evaluate(state.model, data, group, cfg.eval_train_images, batch_norm_chunk=cfg.batch_size)
         self.evaluated_at = state.step
-        for logger, metrics, done in zip(self.loggers, self.metrics, state.stopped):
+        for logger, metrics, done in zip(self.loggers, self.metrics, state.diverged):
             if not done:
                 logger.log(state.step, metrics)
         return self.metrics
@@ -72,15 +72,15 @@ class Recorder:
         if self.evaluated_at != state.step:
             self.evaluate(state, data, group)
         finals = state.model.distances()
-        died_at = state.died_at.tolist()
+        died_at = state.diverged_at.tolist()
         weights = [a.detach() for a in state.model.weights()]
         results = []
         for k, (seed, d, logger) in enumerate(zip(self.seed_ids, self.dirs, self.loggers)):
-            end = died_at[k] if state.stopped[k] else state.step
-            if state.stopped[k]:  # its curves end where it stopped; so does its last evaluation
+            end = died_at[k] if state.diverged[k] else state.step
+            if state.diverged[k]:  # its curves end where it diverged; so does its last evaluation
                 logger.log(end, self.metrics[k])
             final = finals.of_seed(k)
-            start = dict(zip(("dist_to_E/start", "dist_to_E_rel/start"), state.start[k, -2:].tolist()))
+            start = dict(zip(("dist_to_E/start", "dist_to_E_rel/start"), state.start_distances[k, -2:].tolist()))
             logger.log(end, final)
             logger.close()
             finite = all(torch.isfinite(a[k]).all() for a in weights)
@@ -91,9 +91,9 @@ class Recorder:
                     **self.metrics[k],
                     **final,
                     **start,
-                    "status": "diverged" if state.stopped[k] or not finite else "completed",
+                    "status": "diverged" if state.diverged[k] or not finite else "completed",
                     "steps": end,
-                    "epochs_done": state.epoch if not state.stopped[k] else end // steps_per_epoch,
+                    "epochs_done": state.epoch if not state.diverged[k] else end // steps_per_epoch,
                     "dim_E": state.model.dim_e(),
                     "n_params": state.model.n_params(),
                     "hparams": self.settings.hparams(seed),

@@ -2,7 +2,7 @@
 
 It holds where the run is (step, epoch, position in the epoch's data order, phase), the random
 streams of every seed (data order, augmentation), the model (every seed's θ and biases), the
-equivariant twin if any, and which seeds are still alive. Resuming loads it back, so an
+equivariant twin if any, and which seeds are still running (none diverged). Resuming loads it back, so an
 interrupted run continues bit for bit.
 """
 
@@ -34,42 +34,44 @@ class RunState:
     order: torch.Tensor | None = None  # (N, n): each seed's data order this epoch
     order_gens: list[torch.Generator] = field(default_factory=list)
     aug_gens: list[torch.Generator] = field(default_factory=list)
-    alive: torch.Tensor | None = None  # (N,) bool, on the device
-    died_at: torch.Tensor | None = None  # (N,) long, on the device: the step a seed diverged at, or −1
-    stopped: list[bool] = field(default_factory=list)  # per seed, as last read on the host
-    start: torch.Tensor | None = None  # (N, layers + 2): the distances of A₀, for the end-of-run summary
+    running: torch.Tensor | None = None  # (N,) bool, on the device: not diverged
+    diverged_at: torch.Tensor | None = None  # (N,) long, on the device: the step a seed diverged at, or −1
+    diverged: list[bool] = field(default_factory=list)  # per seed, as last read on the host
+    start_distances: torch.Tensor | None = None  # (N, layers + 2): the distances of A₀, for the end-of-run summary
 
     def __post_init__(self) -> None:
         n = len(self.seed_ids)
         self.order_gens = self.order_gens or [generator(s, 1) for s in self.seed_ids]
         self.aug_gens = self.aug_gens or [generator(s, 2) for s in self.seed_ids]
         device = self.model.maps[0].theta.device
-        self.alive = torch.ones(n, dtype=torch.bool, device=device) if self.alive is None else self.alive
-        self.died_at = torch.full((n,), -1, device=device) if self.died_at is None else self.died_at
-        self.stopped = self.stopped or [False] * n
-        self.start = self.model.distances().values.cpu() if self.start is None else self.start
+        self.running = torch.ones(n, dtype=torch.bool, device=device) if self.running is None else self.running
+        self.diverged_at = torch.full((n,), -1, device=device) if self.diverged_at is None else self.diverged_at
+        self.diverged = self.diverged or [False] * n
+        self.start_distances = (
+            self.model.distances().values.cpu() if self.start_distances is None else self.start_distances
+        )
 
-    def record(self, alive: torch.Tensor) -> None:
-        """After a step: the seeds that took it (on the device; a seed that just stopped keeps its step)."""
-        self.died_at = torch.where(self.alive & ~alive, self.step, self.died_at)
-        self.alive = alive
+    def after_step(self, running: torch.Tensor) -> None:
+        """After a step: the seeds that took it (on the device); a seed that diverged in it keeps that step."""
+        self.diverged_at = torch.where(self.running & ~running, self.step, self.diverged_at)
+        self.running = running
 
     def new_order(self, n: int, shuffle: bool) -> None:
         """Each seed's data order for the epoch that starts now."""
         orders = [torch.randperm(n, generator=g) if shuffle else torch.arange(n) for g in self.order_gens]
-        self.order = torch.stack(orders).to(self.alive.device)
+        self.order = torch.stack(orders).to(self.running.device)
 
     def batch(self, data: Data, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each seed's next batch: x (N, B, C, H, W), y (N, B)."""
         idx = self.order[:, self.position : self.position + batch_size]
         return data.x_train[idx], data.y_train[idx]
 
-    def note_divergence(self) -> list[tuple[int, int]]:
-        """Read ``alive`` on the host (a device sync): (seed index, step) of each seed stopped since the last look."""
-        newly = [k for k, a in enumerate(self.alive.tolist()) if not a and not self.stopped[k]]
-        died = self.died_at.tolist() if newly else []
+    def newly_diverged(self) -> list[tuple[int, int]]:
+        """Read ``running`` on the host (a device sync): (seed index, step) of each seed diverged since the last look."""
+        newly = [k for k, a in enumerate(self.running.tolist()) if not a and not self.diverged[k]]
+        died = self.diverged_at.tolist() if newly else []
         for k in newly:
-            self.stopped[k] = True
+            self.diverged[k] = True
         return [(k, died[k]) for k in newly]
 
     def state_dict(self) -> dict:
@@ -85,16 +87,17 @@ class RunState:
             "twin": self.twin.state_dict() if self.twin is not None else {},
             "order_gens": [g.get_state() for g in self.order_gens],
             "aug_gens": [g.get_state() for g in self.aug_gens],
-            "alive": self.alive.cpu(),
-            "died_at": self.died_at.cpu(),
-            "stopped": list(self.stopped),
-            "start": self.start,
+            # the checkpoint's keys keep their first names, so older checkpoints resume
+            "alive": self.running.cpu(),
+            "died_at": self.diverged_at.cpu(),
+            "stopped": list(self.diverged),
+            "start": self.start_distances,
             "threads": torch.get_num_threads(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Load a checkpoint into a state whose model is already built for ``state['phase']``."""
-        device = self.alive.device
+        device = self.running.device
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.phase = state["phase"]
         self.order = state["order"].to(device) if state["order"].numel() else None
@@ -105,7 +108,7 @@ class RunState:
             g.set_state(s)
         for g, s in zip(self.aug_gens, state["aug_gens"], strict=True):
             g.set_state(s)
-        self.alive = state["alive"].to(device)
-        self.died_at = state["died_at"].to(device)
-        self.stopped = list(state["stopped"])
-        self.start = state["start"]
+        self.running = state["alive"].to(device)
+        self.diverged_at = state["died_at"].to(device)
+        self.diverged = list(state["stopped"])
+        self.start_distances = state["start"]

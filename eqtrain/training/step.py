@@ -10,7 +10,7 @@ the flat weights A and Π_{E⊥}A (``NetworkSpace``), and the flat parameters (`
 which every parameter is a view). The step returns A_t, the weights it started from; their
 distances to E are measured by the per-step log (``steplog``), in batches of steps. A seed whose
 loss or updated parameters are not finite is frozen at its last finite state (its update masked
-on the device, no host sync) while the others go on; ``alive`` says which seeds still train.
+on the device, no host sync) while the others go on; ``running`` says which seeds still train.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..nets.cnn import EqCNN, logits_at
 class StepResult:
     loss: torch.Tensor  # (N,): each seed's data loss R on its batch, at A_t
     weights: torch.Tensor  # (N, P): A_t, every layer's entries flat (``NetworkSpace.flatten``), a copy
-    alive: torch.Tensor  # (N,) bool: the seeds that took the step
+    running: torch.Tensor  # (N,) bool: the seeds that took the step
 
 
 def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -40,11 +40,11 @@ def sgd_step(
     x: torch.Tensor,
     y: torch.Tensor,
     lr: float,
-    gamma: float,
+    gamma_t: float,
     data_scale: float,
-    alive: torch.Tensor,
+    running: torch.Tensor,
 ) -> StepResult:
-    """θ ← θ − lr·∇θ(data_scale·R + γΓ) for every seed in ``alive`` whose loss and update are finite."""
+    """θ ← θ − lr·∇θ(data_scale·R + γ_tΓ) for every seed in ``running`` whose loss and update are finite."""
     weights = model.weights()
     loss = seed_losses(logits_at(model.arch, weights, x, list(model.biases) if model.arch.bias else None), y)
     for p in model.parameter_list():
@@ -53,12 +53,12 @@ def sgd_step(
     with torch.no_grad():
         a = model.space.flatten(weights)  # A_t, a copy: θ is updated in place below
         grad = model.flat_grad()
-        if gamma:  # ∇(γΓ) = γ Π_{E⊥}A, pulled back to θ (SPEC §4)
+        if gamma_t:  # ∇(γ_tΓ) = γ_t Π_{E⊥}A, pulled back to θ (SPEC §4)
             pulled = model.pull_back(model.space.perp_flat(a).to(grad.dtype))
-            grad[:, : pulled.shape[1]].add_(pulled, alpha=gamma)
+            grad[:, : pulled.shape[1]].add_(pulled, alpha=gamma_t)
         new = model.flat.add(grad, alpha=-lr)
         # A sum is finite only if every term is: one number per seed checks its loss and its update.
         check = new.sum(1) + loss
-        alive = alive & (check - check == 0)  # x − x is 0 for finite x, NaN otherwise (2 kernels; isfinite: 5)
-        torch.where(alive[:, None], new, model.flat, out=model.flat)
-    return StepResult(loss.detach(), a, alive)
+        running = running & (check - check == 0)  # x − x is 0 for finite x, NaN otherwise (2 kernels; isfinite: 5)
+        torch.where(running[:, None], new, model.flat, out=model.flat)
+    return StepResult(loss.detach(), a, running)

@@ -34,7 +34,7 @@ class HeldStep:
     loss: torch.Tensor  # (N,)
     weights: torch.Tensor  # (N, P): A_t flat
     gamma: float
-    stopped: tuple[bool, ...]  # per seed: not logged (it diverged earlier)
+    diverged: tuple[bool, ...]  # per seed: not logged (it diverged earlier)
     extra: torch.Tensor | None  # (N, k): more scalars after the SPEC §7 ones (the twin distance)
 
 
@@ -53,11 +53,11 @@ class StepLog:
         loss: torch.Tensor,
         weights: torch.Tensor,
         gamma: float,
-        stopped: Sequence[bool],
+        diverged: Sequence[bool],
         extra: torch.Tensor | None = None,
     ) -> None:
         """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t and the extra scalars."""
-        self._held.append(HeldStep(step, time.time(), loss, weights, gamma, tuple(stopped), extra))
+        self._held.append(HeldStep(step, time.time(), loss, weights, gamma, tuple(diverged), extra))
         if len(self._held) * weights.numel() >= HOLD_ENTRIES:
             self.flush()
 
@@ -76,7 +76,7 @@ class StepLog:
             if held[0].extra is not None:
                 rows = torch.cat([rows, torch.stack([h.extra for h in held]).to(rows.dtype)], dim=-1)
         for seed, logger in enumerate(self.loggers):
-            live = [i for i, h in enumerate(held) if not h.stopped[seed]]
+            live = [i for i, h in enumerate(held) if not h.diverged[seed]]
             if live:
                 steps, times = [held[i].step for i in live], [held[i].time for i in live]
                 logger.log_rows(steps, times, self.tags, rows[live, seed])

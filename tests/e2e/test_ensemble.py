@@ -110,7 +110,7 @@ def test_a_diverging_seed_is_frozen_and_the_others_go_on():
     x[1, 0, 0, 0, 0] = float("nan")  # seed 1's batch poisons its loss
     result = sgd_step(model, x, y, 0.1, 0.0, 1.0, torch.ones(2, dtype=torch.bool))
     assert torch.isfinite(result.loss[0]) and not torch.isfinite(result.loss[1])
-    assert result.alive.tolist() == [True, False]
+    assert result.running.tolist() == [True, False]
     assert not torch.equal(model.maps[0].theta[0], before[0][0])  # seed 0 moved
     assert all(torch.equal(m.theta[1], b[1]) for m, b in zip(model.maps, before))  # seed 1 frozen, finite
 
