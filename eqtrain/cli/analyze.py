@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..analysis.stability import analyze_run, summary
     from ..data.datasets import DataDamaged, DataUnavailable
-    from ..training.restore import RestoreError, restore
+    from ..training.finished_run import RestoreError, restore
 
     def fail(message: str) -> int:
         print("eqtrain-analyze: error: " + " ".join(message.split()), file=sys.stderr)  # one line

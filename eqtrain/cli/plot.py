@@ -1,7 +1,7 @@
 """eqtrain-plot: the paper's figure (SPEC §8), the final values against γ (SPEC §10), and their tables.
 
 Two figures from one sweep directory (reading, grouping and the refusal of mixed directories are
-in ``runs.py``):
+in ``sweep_reader.py``):
 
 - ``curves`` (the default): one panel per γ, d(A_t) (or ``--tag``) against the step, each seed
   faint and the median over seeds bold, one colour per (mode, schedule); with summary.csv/.md,
@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .runs import (
+from .sweep_reader import (
     Key,
     PlotError,
     Run,

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .runs import Key, PlotError, Run, csv_text, line_label, markdown_table, median_iqr, stats_table
+from .sweep_reader import Key, PlotError, Run, csv_text, line_label, markdown_table, median_iqr, stats_table
 
 DEFAULT_METRIC = "acc/test_orbit"
 METRICS = ("acc/test_orbit", "acc/test", "acc/test_projected", "dist_to_E_rel/total")  # documented choices

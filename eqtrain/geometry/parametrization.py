@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .projection import LayerSpace
+from .layer_space import LayerSpace
 
 PARAMETRIZATIONS = ("orthogonal", "basis")
 

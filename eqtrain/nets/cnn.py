@@ -31,9 +31,9 @@ from torch import nn
 
 from ..geometry.fields import FIBERS, FieldType
 from ..geometry.group import Group
+from ..geometry.layer_space import LayerSpace
+from ..geometry.network_space import Distances, NetworkSpace
 from ..geometry.parametrization import ParametrizedMap, make_basis
-from ..geometry.projection import LayerSpace
-from ..geometry.space import Distances, NetworkSpace
 from ..geometry.support import make_support
 from ..schema import ModelConfig
 from .layers import NORMS, POOL_KINDS, group_pool, normalize, pool

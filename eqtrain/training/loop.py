@@ -30,7 +30,7 @@ from ..run.progress import Progress
 from ..run.signals import StopSignals
 from .analyze import analyze_seeds
 from .record import Recorder, summary_of
-from .resume import open_run_dir
+from .run_dir import open_run_dir
 from .settings import ConfigError, Settings
 from .start import build_for_phase, starting_point
 from .state import RunState

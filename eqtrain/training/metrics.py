@@ -8,7 +8,7 @@ import torch
 
 from ..data.datasets import Data
 from ..geometry.group import Group
-from ..geometry.space import distance_tags
+from ..geometry.network_space import distance_tags
 from ..nets.cnn import EqCNN, block_outputs, head_at, logits_at
 from ..nets.layers import BATCH_NORMS
 from .layer_equivariance import channel_perms, error_sums, layer_errors, layer_tags

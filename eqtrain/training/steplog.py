@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..geometry.space import NetworkSpace
+from ..geometry.network_space import NetworkSpace
 from ..run.tblog import RunLogger
 from .metrics import step_rows
 

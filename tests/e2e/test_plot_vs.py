@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eqtrain.cli.plot import main
-from eqtrain.cli.runs import load_sweep
+from eqtrain.cli.sweep_reader import load_sweep
 from eqtrain.cli.vs_gamma import TABLE_METRICS, figure
 
 from ..helpers import make_config, train_config

@@ -199,7 +199,7 @@ def test_a_phase_switch_keeps_weights_and_biases(run_train):
 
 
 def test_analyze_restores_a_run_that_ended_inside_a_phase(tmp_path):
-    from eqtrain.training.restore import restore
+    from eqtrain.training.finished_run import restore
 
     from ..helpers import train_config as train
 
@@ -222,7 +222,7 @@ def test_paper_preset_runs_on_mnist_files(run_train, tmp_path):
 
 
 def test_restore_is_exact_for_the_basis_parametrization(tmp_path):
-    from eqtrain.training.restore import restore
+    from eqtrain.training.finished_run import restore
 
     from ..helpers import train_config as train
 

@@ -125,8 +125,8 @@ def test_the_projected_model_of_an_equivariant_run_is_itself(run_train):
 
 def test_the_projected_accuracy_is_that_of_the_model_built_from_pi_e(run_train):
     """SPEC §10: acc/test_projected is the accuracy of Π_E(A_t), the nearest exactly equivariant network."""
+    from eqtrain.training.finished_run import restore
     from eqtrain.training.metrics import evaluate
-    from eqtrain.training.restore import restore
 
     run = run_train(*TINY, "mode=nominal", "max_steps=30")
     m = run.metrics()

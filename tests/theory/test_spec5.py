@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eqtrain.geometry.group import Group
-from eqtrain.geometry.projection import LayerSpace
+from eqtrain.geometry.layer_space import LayerSpace
 from eqtrain.geometry.support import make_support
 
 from ..helpers import fast_first

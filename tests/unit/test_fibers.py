@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from eqtrain.geometry.fields import FieldType
 from eqtrain.geometry.group import GROUP_NAMES, Group
+from eqtrain.geometry.layer_space import LayerSpace
 from eqtrain.geometry.parametrization import ParametrizedMap, make_basis
-from eqtrain.geometry.projection import LayerSpace
 from eqtrain.geometry.support import make_support
 from eqtrain.nets.cnn import ACTIVATIONS, build_model
 from eqtrain.nets.init import initial_weights

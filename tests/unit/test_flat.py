@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eqtrain.geometry.group import GROUP_NAMES, Group
-from eqtrain.geometry.space import ROW_PIECE
+from eqtrain.geometry.network_space import ROW_PIECE
 from eqtrain.nets.cnn import build_model
 from eqtrain.run.tblog import RunLogger
 from eqtrain.training.metrics import step_tags

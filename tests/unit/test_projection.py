@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eqtrain.geometry.group import GROUP_NAMES, Group
-from eqtrain.geometry.projection import LayerSpace
+from eqtrain.geometry.layer_space import LayerSpace
 from eqtrain.geometry.support import make_support
 
 TOL = 1e-12  # float64 round-off on a few hundred entries
