@@ -15,11 +15,9 @@ stderr and into the written tables.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import io
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..run.files import EVENTS_GLOB, METRICS_FILE, write_atomic
+from ..run.files import EVENTS_GLOB, METRICS_FILE, run_dirs_below, write_atomic
 
 GROUP_KEYS = ("mode", "gamma")  # with the γ schedule: one curve family / line / table row per group
 SCHEDULE_KEYS = ("gamma_schedule", "gamma_start", "gamma_ramp")  # a ramp is its own group
@@ -112,21 +110,8 @@ class Run:
 
 
 def find_run_dirs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished run directories, directories with event files but no metrics.json) under root.
-
-    Symbolic links to directories are followed (a directory of links to runs is a sweep too),
-    each real directory once.
-    """
-    event_dirs, seen = set(), set()
-    for here, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(here)
-        if real in seen:
-            dirs.clear()
-            continue
-        seen.add(real)
-        if any(fnmatch.fnmatch(f, EVENTS_GLOB) for f in files + dirs):
-            event_dirs.add(Path(here))
-    event_dirs = sorted(event_dirs)
+    """(finished run directories, directories with event files but no metrics.json) under root."""
+    event_dirs = run_dirs_below(root)
     finished = [d for d in event_dirs if (d / METRICS_FILE).is_file()]
     return finished, [d for d in event_dirs if d not in finished]
 

@@ -8,6 +8,7 @@ writes one such directory per seed (``seed=<s>/``) and one checkpoint for all of
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -35,6 +36,23 @@ def write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def run_dirs_below(root: Path) -> list[Path]:
+    """Every run directory at or below ``root`` — one holding an event file — sorted: a single run, an
+    ensemble's ``seed=<s>/``, a sweep's jobs. Symbolic links to directories are followed (a directory of
+    links to runs is a sweep too), each real directory once. The one way eqtrain-plot and
+    eqtrain-analyze find runs."""
+    found, seen = set(), set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        if any(fnmatch.fnmatch(f, EVENTS_GLOB) for f in files + dirs):
+            found.add(Path(here))
+    return sorted(found)
 
 
 def writable_problem(directory: str | Path) -> str | None:

@@ -20,7 +20,7 @@ from yaml import YAMLError
 from ..data.datasets import Data, load_dataset
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN, build_model
-from ..run.files import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from ..run.files import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, run_dirs_below
 from ..schema import Config
 from .settings import ConfigError, Settings, hparams_of, validate
 
@@ -38,11 +38,6 @@ class Restored:
     step: int  # the step the weights are from
 
 
-def run_dirs_under(directory: Path) -> list[Path]:
-    """Run directories (holding config.yaml) below ``directory``: an ensemble's seed=<s>/ or a sweep's jobs."""
-    return sorted(p.parent for p in directory.rglob(CONFIG_FILE) if p.parent != directory and p.is_file())
-
-
 def check_run_dir(run_dir: Path) -> None:
     """One line if ``run_dir`` is not one run's directory (missing, a file, a sweep, an ensemble's job)."""
     if not run_dir.exists():
@@ -55,7 +50,7 @@ def check_run_dir(run_dir: Path) -> None:
         )
     if (run_dir / CONFIG_FILE).exists():
         return
-    runs = [p for p in run_dirs_under(run_dir) if ".hydra" not in p.parts]
+    runs = [p for p in run_dirs_below(run_dir) if p != run_dir]
     if runs:
         shown = ", ".join(str(p.relative_to(run_dir)) for p in runs[:3]) + (", ..." if len(runs) > 3 else "")
         raise RestoreError(
