@@ -26,7 +26,8 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf, open_dict
+from omegaconf.errors import ValidationError
 
 from ..run.files import writable_problem
 from ..run.machine import cpus_allowed
@@ -152,7 +153,8 @@ OWN_CONFIGS = ("-cp", "--config-path", "-cd", "--config-dir", "hydra.searchpath"
 
 
 def precheck(args: list[str]) -> str | None:
-    """One clear line for the commonest typos — an unknown key or group option — or None.
+    """One clear line for the commonest typos — an unknown key or group option, a value that is not an
+    int, a number or a bool where the key needs one — or None.
 
     Overrides are read with Hydra's own parser; only plain changes of a key or of a group's option
     are checked (sweeps included), everything else — additions, deletions, packages, ``hydra.*``,
@@ -197,7 +199,35 @@ def precheck(args: list[str]) -> str | None:
                 near = difflib.get_close_matches(part, known, n=1)
                 hint = f" (did you mean {'.'.join([*path[:i], near[0]])}?)" if near else ""
                 return f"unknown key {key!r}{hint}; `eqtrain --help` lists every key"
-            node = node[part]
+            node = node._get_node(part)
+        else:
+            problem = _type_problem(key, node, override)
+            if problem:
+                return problem
+    return None
+
+
+KINDS = {IntegerNode: "an int", FloatNode: "a number", BooleanNode: "true or false"}
+
+
+def _type_problem(key: str, node: object, override) -> str | None:
+    """One line if a plain value (or one of a sweep's) does not fit the key's type (int, number, bool)."""
+    if type(node) not in KINDS:
+        return None
+    if override.value_type == ValueType.ELEMENT:
+        values = [override.value()]
+    elif override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+        values = list(override.value().list)
+    else:
+        return None  # ranges, globs, intervals: Hydra checks them
+    for value in values:
+        if isinstance(value, str) and value.startswith("${"):
+            continue  # an interpolation: resolved later
+        try:
+            node.validate_and_convert(value)
+        except ValidationError:
+            shown = "null" if value is None else value
+            return f"{key}={shown} is not valid: use {KINDS[type(node)]}"
     return None
 
 

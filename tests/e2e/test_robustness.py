@@ -22,7 +22,10 @@ BAD_INPUT = [
     (["gamm=0.1"], 2, "unknown key 'gamm' (did you mean gamma?)"),
     (["model.kernal_size=3"], 2, "unknown key 'model.kernal_size' (did you mean model.kernel_size?)"),
     (["mode=augrg"], 2, "mode=augrg is not an option of mode; valid: augmented, augreg, equivariant, nominal, nomreg"),
-    (["model.kernel_size=three"], 1, "kernel_size"),  # a type error: Hydra's own message
+    (["model.kernel_size=three"], 2, "model.kernel_size=three is not valid: use an int"),  # before Hydra's 6 lines
+    (["lr=abc"], 2, "lr=abc is not valid: use a number"),
+    (["mode=augreg,nomreg", "seeds=1,2.5"], 2, "seeds=2.5 is not valid: use an int"),  # each value of a sweep
+    (["twin=maybe"], 2, "twin=maybe is not valid: use true or false"),
     (["gamma=-1"], 2, "gamma=-1.0 is not valid: use a finite number >= 0"),
     (["gamma=nan"], 2, "gamma=nan is not valid: use a finite number >= 0"),
     (["gamma=inf"], 2, "gamma=inf is not valid"),
@@ -50,8 +53,7 @@ def test_bad_input_one_line_and_exit_code(tmp_path, monkeypatch, capsys, overrid
     got, err = cli(tmp_path, monkeypatch, capsys, *QUICK, *overrides)
     assert got == code
     assert message in err
-    if code == 2:  # our own errors: exactly one line
-        assert err.strip().count("\n") == 0 and err.startswith("eqtrain: error: ")
+    assert err.strip().count("\n") == 0 and err.startswith("eqtrain: error: ")  # exactly one line
     assert not list(tmp_path.rglob("events.out.tfevents.*"))  # nothing half-written
 
 
@@ -180,7 +182,7 @@ def test_same_config_same_metrics_across_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_auto_starts_fresh_or_continues(run_train, tmp_path):
+def test_resume_auto_in_a_new_directory_starts_fresh_and_resume_dir_writes_into_that_directory(run_train, tmp_path):
     first = run_train(*TINY, "max_steps=5", "resume=auto")
     assert first.metrics()["status"] == "completed"
     os.remove(first.dir / "metrics.json")
