@@ -81,6 +81,19 @@ class Run:
         return json.loads((self.dir / "metrics.json").read_text())
 
 
+def sweep(tmp_path: Path, *args: str, timeout: float = 240) -> list[dict]:
+    """``eqtrain -m ARGS`` into ``tmp_path/sweep`` (it must succeed); every run's metrics.json, sorted by path."""
+    proc = subprocess.run(
+        [EQTRAIN, "-m", *args, f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").rglob("metrics.json"))]
+
+
 def eqtrain(cwd: Path, *args: str, timeout: float = 180, tool: str = "eqtrain") -> subprocess.CompletedProcess:
     """An installed command (``eqtrain``, ``eqtrain-plot``, ...) in a subprocess, as a user runs it."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
