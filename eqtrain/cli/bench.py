@@ -1,4 +1,4 @@
-"""Benchmark: time per SGD step of each mode against the unconstrained floor (issue: speed).
+"""Benchmark: time per SGD step of each mode against the unconstrained floor.
 
 The floor is a plain ``torch.nn`` CNN with the model's channel counts (``nn.Conv2d`` /
 ``nn.Linear``, plain SGD; no projection, no augmentation, no logging). Each eqtrain mode runs the

@@ -1,4 +1,4 @@
-"""Damaged or foreign files the programs read (issue 15): one line naming the file, what is wrong and what
+"""Damaged or foreign files the programs read: one line naming the file, what is wrong and what
 to do, a non-zero exit — or, for eqtrain-plot, a note and the rest plotted — and nothing already written lost.
 
 Covered here: MNIST IDX files (eqtrain), weights.pt / config.yaml and the wrong kind of directory

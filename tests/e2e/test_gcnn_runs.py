@@ -121,7 +121,7 @@ def test_gcnn_trains_in_a_random_basis_of_l(run_train):
 
 
 def test_bench_reports_the_ensemble_its_fraction_of_peak_and_the_evaluation(capsys):
-    """The figures issue 24 asks of eqtrain-bench: model-steps/s, FLOP/s against a matmul, evaluation per image."""
+    """What eqtrain-bench reports besides the ratios: model-steps/s, FLOP/s against a matmul, evaluation per image."""
     bench(["--batch", "10", "--steps", "2", "--rounds", "1", "--warmup", "1", "--seeds", "2"])
     ensemble = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ensemble"]
     assert ensemble["seeds"] == 2 and ensemble["model_steps_per_s"]["ensemble"] > 0

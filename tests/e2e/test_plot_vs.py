@@ -1,4 +1,4 @@
-"""eqtrain-plot SWEEP --vs gamma (issue 12): final values against γ, read back from a tiny real sweep.
+"""eqtrain-plot SWEEP --vs gamma: final values against γ, read back from a tiny real sweep.
 
 The sweep holds every kind of directory a user has: jobs of ``seeds=2`` (``seed=<s>/`` run
 directories), an old-style γ grid of one run directory per seed, modes without a regularizer

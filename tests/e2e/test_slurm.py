@@ -1,4 +1,4 @@
-"""SLURM for real (issue 14): ``eqtrain -m hydra/launcher=slurm`` against a throwaway single-node cluster.
+"""SLURM for real: ``eqtrain -m hydra/launcher=slurm`` against a throwaway single-node cluster.
 
 A session fixture starts munged, slurmctld and slurmd with ``scripts/slurm_cluster.sh`` in a
 temporary directory and stops them at the end. Without SLURM (or without root, which slurmd

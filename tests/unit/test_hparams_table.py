@@ -1,4 +1,4 @@
-"""TensorBoard's HParams table opens on what a sweep compares (issue 23): the keys a job's command line
+"""TensorBoard's HParams table opens on what a sweep compares: the keys a job's command line
 sets, then mode, γ, seed, group and model — judged by TensorBoard's own ordering of the columns."""
 
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader

@@ -1,4 +1,4 @@
-"""init.scheme=reference: the authors' initial law (issue 10, docs/design.md "The reference initial law").
+"""init.scheme=reference: the authors' initial law (docs/design.md, "The reference initial law").
 
 Each orbit value of Π_E A₀ is U(±b) with b = 1/√fan_in of the authors' orbit tensor: 1/√C_in for a
 conv orbit, 1/√(C·(m²−1)/4) for the head's four-element orbits (1/√192 on the paper's 7×7 map),
