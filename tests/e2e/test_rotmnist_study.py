@@ -59,14 +59,15 @@ def test_the_preset_is_p4cnn_against_z2cnn_on_rotated_mnist_in_13_jobs():
 
 def test_the_slurm_recipe_composes_with_mnist_rot():
     """README's command for a cluster: the same 13 jobs, each a SLURM job, on MNIST-rot's files."""
-    cfg = study("hydra/launcher=slurm", "dataset=mnist_rot", "dataset.data_dir=/data/mnist_rot", "seeds=10")
+    cfg = study(
+        "dataset=mnist_rot", "dataset.data_dir=/data/mnist_rot", "seeds=10", "epochs=12", "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1", "device=cuda",
+        "hydra.sweep.dir=/scratch/rotmnist_study",
+    )  # fmt: skip
     assert "submitit" in cfg.hydra.launcher._target_ and "SlurmLauncher" in cfg.hydra.launcher._target_
-    assert (cfg.dataset.name, cfg.dataset.data_dir, cfg.seeds, cfg.model.name) == (
-        "mnist_rot",
-        "/data/mnist_rot",
-        10,
-        "p4cnn",
-    )
+    assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.gpus_per_node, cfg.device) == ("gpu", 1, "cuda")
+    assert (cfg.dataset.name, cfg.dataset.data_dir, cfg.seeds, cfg.epochs) == ("mnist_rot", "/data/mnist_rot", 10, 12)
+    assert cfg.model.name == "p4cnn" and cfg.hydra.sweep.dir == "/scratch/rotmnist_study"
     assert len(jobs_of(cfg)) == 13
 
 
