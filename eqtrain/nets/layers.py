@@ -29,25 +29,55 @@ POOL_KINDS = ("avg", "max")
 NORMS = ("layernorm", "batchnorm", "batchnorm_channel", "none")
 BATCH_NORMS = ("batchnorm", "batchnorm_channel")  # the norms that couple the images of a batch
 BN_EPS = 1e-5  # torch's BatchNorm default
+# With autograd, maps of at least this many numbers are pooled by ``_AvgPool`` (a single seed's batch of
+# 10 paper-CNN maps, 125k, is faster through avg_pool2d's one call; 30 seeds', 3.8M, 10 % faster per step)
+POOL_VIEWS_FROM = 1 << 20
 
 
 def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
-    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``.
+    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``, forward and backward.
 
-    Without autograd it adds the window's p² strided views in avg_pool2d's order and divides as it
-    does: 4x faster on the CPU than avg_pool2d's kernel, which was the evaluation's costliest op
-    (docs/design.md, "Evaluation"). With autograd, avg_pool2d itself (its backward is faster).
+    Forward: the window's p² strided views added in avg_pool2d's order and divided as it does; backward:
+    each gradient divided by p² and spread over its window, which is what avg_pool2d's backward computes
+    (the dropped last rows and columns get 0). On the CPU avg_pool2d's kernels were a third of the
+    30-seed training step and its forward the evaluation's costliest op; these are 4x (forward) and
+    1.4x (backward) faster on large maps (docs/performance.md). Differentiable twice (eqtrain-analyze's
+    Hessian).
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.avg_pool2d(x, p)
+    if torch.is_grad_enabled() and x.requires_grad:  # small maps: avg_pool2d's one call costs less
+        return _AvgPool.apply(x, p) if x.numel() >= POOL_VIEWS_FROM else F.avg_pool2d(x, p)
+    return _avg_pool_views(x, p)
+
+
+def _avg_pool_views(x: torch.Tensor, p: int) -> torch.Tensor:
     h, w = x.shape[-2] // p, x.shape[-1] // p
     v = x[..., : h * p, : w * p].reshape(*x.shape[:-2], h, p, w, p)
-    total = v[..., 0, :, 0]
+    total = v[..., 0, :, 0] + v[..., 0, :, 1]  # a new tensor: the other views are added into it in place
     for i in range(p):
         for j in range(p):
-            if i or j:
-                total = total + v[..., i, :, j]
-    return total / (p * p)
+            if i or j > 1:
+                total.add_(v[..., i, :, j])
+    return total.div_(p * p)
+
+
+def _spread(g: torch.Tensor, p: int, size: tuple[int, int]) -> torch.Tensor:
+    """avg_pool's backward: g/p² on every pixel of its window, 0 on the rows and columns pooling dropped."""
+    h, w = g.shape[-2:]
+    out = (g / (p * p))[..., :, None, :, None].expand(*g.shape[:-2], h, p, w, p).reshape(*g.shape[:-2], h * p, w * p)
+    if (h * p, w * p) != size:
+        out = F.pad(out, (0, size[1] - w * p, 0, size[0] - h * p))
+    return out
+
+
+class _AvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: int) -> torch.Tensor:
+        ctx.p, ctx.size = p, tuple(x.shape[-2:])
+        return _avg_pool_views(x, p)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _spread(g, ctx.p, ctx.size), None
 
 
 def pool(x: torch.Tensor, p: int, kind: str) -> torch.Tensor:

@@ -95,6 +95,31 @@ def test_average_pooling_equals_torchs_bit_for_bit(p, shape, dtype):
         assert torch.equal(avg_pool(x, p), F.avg_pool2d(x, p))
 
 
+@pytest.mark.parametrize("p", [2, 3])
+@pytest.mark.parametrize("shape", [(3, 5, 28, 28), (2, 4, 15, 15), (2, 3, 9, 13)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_average_pooling_with_autograd_equals_torchs_bit_for_bit(monkeypatch, p, shape, dtype):
+    """Training pools large maps with ``_AvgPool`` (forward: strided views; backward: g/p² spread over the
+    window, 0 on dropped rows and columns): the same numbers as avg_pool2d, both ways, and its second
+    derivative (eqtrain-analyze's Hessian) to round-off."""
+    from eqtrain.nets import layers
+
+    monkeypatch.setattr(layers, "POOL_VIEWS_FROM", 0)  # these small maps through _AvgPool too
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype, requires_grad=True)
+    ours, torchs = avg_pool(x, p), F.avg_pool2d(x, p)
+    assert ours.grad_fn is not None and "AvgPool2D" not in type(ours.grad_fn).__name__  # really ours
+    g = torch.randn(torchs.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    assert torch.equal(ours, torchs)
+    assert torch.equal(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(torchs, x, g)[0])
+
+    def hessian_vector(pool):
+        (grad,) = torch.autograd.grad(pool(x, p).tanh().sum(), x, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), x)[0]
+
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(hessian_vector(avg_pool), hessian_vector(F.avg_pool2d), rtol=tol, atol=tol)
+
+
 def test_one_input_shown_to_every_seed_equals_each_seed_given_its_own_copy():
     """The first convolution reads a shared input once, with every seed's filters (float64: ≤1e-12)."""
     model = ensemble(4, torch.float64)
