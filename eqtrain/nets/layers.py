@@ -50,6 +50,8 @@ def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def _avg_pool_views(x: torch.Tensor, p: int) -> torch.Tensor:
+    if p == 1:
+        return x.clone()  # a new tensor, as below (the in-place adds never touch x)
     h, w = x.shape[-2] // p, x.shape[-1] // p
     v = x[..., : h * p, : w * p].reshape(*x.shape[:-2], h, p, w, p)
     total = v[..., 0, :, 0] + v[..., 0, :, 1]  # a new tensor: the other views are added into it in place
