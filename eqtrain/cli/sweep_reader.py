@@ -31,6 +31,10 @@ GROUP_KEYS = ("mode", "gamma")  # with the γ schedule: one curve family / line 
 SCHEDULE_KEYS = ("gamma_schedule", "gamma_start", "gamma_ramp")  # a ramp is its own group
 REPEAT_KEYS = ("seed",)  # the repetitions a median is taken over
 MODEL_KEY = "model"  # a sweep may compare models: their own keys then follow the model's name
+MODEL_HPARAMS = (  # the hparams a model preset sets (settings.hparams_of): may differ between models
+    "support", "parametrization", "channels", "fibers", "kernel_size", "activation", "pool", "pool_kind",
+    "stride", "padding", "layernorm", "norm", "group_pool", "bias", "basis_seed",
+)  # fmt: skip
 CONSTANT = "constant"
 
 Key = tuple[str, str, float]  # (mode, schedule, γ)
@@ -198,7 +202,7 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
     differing = []
     for key in keys:
         counts = Counter(_show(r.hparams.get(key, "<missing>")) for r in runs)
-        if by_model and _follows_model(runs, key):
+        if by_model and key in (MODEL_KEY, *MODEL_HPARAMS) and _follows_model(runs, key):
             continue
         if len(counts) > 1:
             found = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))

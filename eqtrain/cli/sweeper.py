@@ -29,9 +29,21 @@ def matches(job: list[str], entry: Mapping[str, object]) -> bool:
     values = _values(job)
     for key, wanted in entry.items():
         allowed = wanted if isinstance(wanted, Sequence) and not isinstance(wanted, str) else [wanted]
-        if values.get(key) not in {str(a) for a in allowed}:
+        if key not in values or not any(_same(values[key], a) for a in allowed):
             return False
     return True
+
+
+def _same(text: str, value: object) -> bool:
+    """Whether a job's ``key=text`` sets ``value`` (a YAML value: null, true, 1 and 1.0 as Hydra writes them)."""
+    if value is None or isinstance(value, bool):
+        return text == {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return text == str(value)
 
 
 def without_repeats(

@@ -221,7 +221,7 @@ def _type_problem(key: str, node: object, override) -> str | None:
     else:
         return None  # ranges, globs, intervals: Hydra checks them
     for value in values:
-        if isinstance(value, str) and value.startswith("${"):
+        if isinstance(value, str) and "${" in value:
             continue  # an interpolation: resolved later
         try:
             node.validate_and_convert(value)

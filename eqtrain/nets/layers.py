@@ -35,7 +35,8 @@ POOL_VIEWS_FROM = 1 << 20
 
 
 def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
-    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``, forward and backward.
+    """p×p average pooling, equal bit for bit to ``F.avg_pool2d(x, p)``, forward and backward (on a GPU:
+    avg_pool2d itself).
 
     Forward: the window's p² strided views added in avg_pool2d's order and divided as it does; backward:
     each gradient divided by p² and spread over its window, which is what avg_pool2d's backward computes
@@ -44,6 +45,8 @@ def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
     1.4x (backward) faster on large maps (docs/performance.md). Differentiable twice (eqtrain-analyze's
     Hessian).
     """
+    if x.device.type != "cpu":  # CUDA divides by a scalar as a·(1/b): not avg_pool2d's bits for odd p
+        return F.avg_pool2d(x, p)
     if torch.is_grad_enabled() and x.requires_grad:  # small maps: avg_pool2d's one call costs less
         return _AvgPool.apply(x, p) if x.numel() >= POOL_VIEWS_FROM else F.avg_pool2d(x, p)
     return _avg_pool_views(x, p)

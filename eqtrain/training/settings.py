@@ -203,6 +203,8 @@ def _describe(phases) -> str:
 
 # What a user compares first in TensorBoard's HParams table (with the keys a job's command line sets).
 COMPARED = ("mode", "gamma", "seed", "group", "model")
+# config keys shown under another hparam's name
+ALIASES = {"gamma_ramp_epochs": "gamma_ramp", "gamma_ramp_steps": "gamma_ramp", "rotate_seed": "rotate"}
 
 
 def compared_keys(overrides: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
@@ -212,7 +214,7 @@ def compared_keys(overrides: Sequence[str], names: Sequence[str]) -> tuple[str, 
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         parts = key.split(".")
-        candidates = (key, parts[-1], parts[0], key.removesuffix("s"))
+        candidates = (key, parts[-1], ALIASES.get(parts[-1]), parts[0], key.removesuffix("s"))
         found += [next((c for c in candidates if c in names), None)]
     return tuple(dict.fromkeys(k for k in [*found, *COMPARED] if k is not None and k in names))
 

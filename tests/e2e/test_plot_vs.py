@@ -203,3 +203,10 @@ def test_a_sweep_over_models_names_each_group_after_its_model(sweep, tmp_path, c
     assert main([str(both), "--vs", "gamma", "--out", str(tmp_path / "out2")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "mixes runs" in line and "channels = " in line
+    # only the model's own keys may follow the model: another lr for one model's runs is a mixed directory
+    shutil.rmtree(both / "gcnn_narrow")
+    train_config(make_config(*TINY, "model=gcnn", "lr=0.5", "mode=nominal"), both / "gcnn_other_lr")
+    shutil.rmtree(both / "gcnn_augmented")
+    assert main([str(both), "--vs", "gamma", "--out", str(tmp_path / "out3")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "mixes runs" in line and "lr = " in line

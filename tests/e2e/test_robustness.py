@@ -228,6 +228,7 @@ def test_resume_restores_the_thread_count(run_train, caplog):
         ["--cfg", "job", "mode=nomreg"],
         ["+phases=[{mode:nominal,epochs:1}]", "phases.0.epochs=2"],
         ["-m", "experiment=paper,stability", "'seed=range(3)'"],
+        ["lr=${batch_size}", "lr=1e-${epochs}", "gamma=null", "threads=null", "-m", "lr=0.1,0.2", "twin=yes"],
     ],
 )
 def test_precheck_leaves_valid_command_lines_to_hydra(args):

@@ -30,6 +30,8 @@ def test_the_keys_a_job_sets_are_compared_then_mode_gamma_seed_group_model():
     ]
     assert compared_keys(overrides, names) == ("lr", "channels", "init", "seed", "twin", *COMPARED[:2], *COMPARED[3:])
     assert compared_keys([], names) == COMPARED
+    # keys logged under another hparam's name
+    assert compared_keys(["gamma_ramp_epochs=3", "dataset.rotate_seed=2"], names)[:2] == ("gamma_ramp", "rotate")
     assert all(key in names for key in COMPARED)
 
 

@@ -36,3 +36,9 @@ def test_exclude_drops_the_jobs_that_match_every_key_of_an_entry():
     assert kept == [["model=p4cnn", "mode=equivariant"], ["model=p4cnn", "mode=augreg", "gamma=1"], jobs[3]]
     # a key the job does not set never matches, so nothing else is dropped
     assert without_repeats(jobs, exclude=[{"model": "z2cnn", "seed": 0}]) == without_repeats(jobs)
+
+
+def test_exclude_compares_values_as_hydra_writes_them():
+    jobs = [["mode=augreg", "gamma=1"], ["mode=augreg", "gamma=null"], ["mode=augreg", "gamma=0.1"], ["twin=true"]]
+    assert without_repeats(jobs, exclude=[{"gamma": 1.0}]) == [jobs[1], jobs[2], jobs[3]]  # 1.0 is gamma=1
+    assert without_repeats(jobs, exclude=[{"gamma": None}, {"twin": True}]) == [jobs[0], jobs[2]]
