@@ -198,12 +198,12 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
     """
     ignored = set(GROUP_KEYS) | set(SCHEDULE_KEYS) | set(REPEAT_KEYS)
     keys = sorted(set().union(*(r.hparams for r in runs)) - ignored)
-    by_model = len({_show(r.hparams.get(MODEL_KEY)) for r in runs}) > 1
+    by_model = compares_models(runs)
     differing = []
     for key in keys:
-        counts = Counter(_show(r.hparams.get(key, "<missing>")) for r in runs)
         if by_model and key in (MODEL_KEY, *MODEL_HPARAMS) and _follows_model(runs, key):
             continue
+        counts = Counter(_show(r.hparams.get(key, "<missing>")) for r in runs)
         if len(counts) > 1:
             found = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))
             differing.append(f"{key} = {found}")
@@ -213,6 +213,11 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
             + "; ".join(differing)
             + " (plot each setting from its own directory)"
         )
+
+
+def compares_models(runs: list[Run]) -> bool:
+    """Whether the runs are of more than one model (a sweep over ``model=``)."""
+    return len({_show(r.hparams.get(MODEL_KEY)) for r in runs}) > 1
 
 
 def _follows_model(runs: list[Run], key: str) -> bool:
@@ -264,7 +269,7 @@ def load_sweep(root: Path) -> tuple[dict[Key, list[Run]], list[str]]:
         raise PlotError(f"no readable eqtrain runs under {root}: {skipped[0]}")
     runs, duplicates = drop_duplicates(runs)
     check_one_setting(runs, root)
-    if len({_show(r.hparams.get(MODEL_KEY)) for r in runs}) > 1:
+    if compares_models(runs):
         for run in runs:
             run.named_by_model = True
     notes = [f"note: skipped {len(unfinished)} unfinished run(s) without metrics.json"] if unfinished else []

@@ -24,9 +24,9 @@ def _values(job: list[str]) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in (o.split("=", 1) for o in job if "=" in o)}
 
 
-def matches(job: list[str], entry: Mapping[str, object]) -> bool:
-    """Whether the job sets every key of ``entry`` to its value (or to one of its values, given a list)."""
-    values = _values(job)
+def matches(values: Mapping[str, str], entry: Mapping[str, object]) -> bool:
+    """Whether a job (its ``key=value`` as a mapping) sets every key of ``entry`` to its value (or to one
+    of its values, given a list)."""
     for key, wanted in entry.items():
         allowed = wanted if isinstance(wanted, Sequence) and not isinstance(wanted, str) else [wanted]
         if key not in values or not any(_same(values[key], a) for a in allowed):
@@ -53,9 +53,9 @@ def without_repeats(
     mode has no regularizer, deduplicated."""
     kept, seen = [], set()
     for job in jobs:
-        if any(matches(job, entry) for entry in exclude):
-            continue
         values = _values(job)
+        if any(matches(values, entry) for entry in exclude):
+            continue
         mode = values.get("mode", default_mode)
         if "phases" not in values and mode in MODES and not MODES[mode].regularize:
             job = [o for o in job if o.split("=", 1)[0].lstrip("+~") not in GAMMA_KEYS]

@@ -110,8 +110,9 @@ class OutputDirCheck(Callback):
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            fail(f"{key}={directory!r} is not writable ({err.strerror}); pass a writable {key}=...")
-        problem = writable_problem(directory)
+            problem = err.strerror
+        else:
+            problem = writable_problem(directory)
         if problem:
             fail(f"{key}={directory!r} is not writable ({problem}); pass a writable {key}=...")
 
@@ -177,11 +178,8 @@ def precheck(args: list[str]) -> str | None:
         if override.type != OverrideType.CHANGE or override.package or key.startswith("hydra") or "/" in key:
             continue
         if key in GROUPS:
-            if override.value_type == ValueType.ELEMENT:
-                chosen = [override.value()]
-            elif override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
-                chosen = list(override.value().list)
-            else:
+            chosen = _plain_values(override)
+            if chosen is None:
                 continue
             options = sorted(
                 p.name.removesuffix(".yaml") for p in configs.joinpath(key).iterdir() if p.name.endswith(".yaml")
@@ -210,17 +208,20 @@ def precheck(args: list[str]) -> str | None:
 KINDS = {IntegerNode: "an int", FloatNode: "a number", BooleanNode: "true or false"}
 
 
+def _plain_values(override) -> list | None:
+    """The value of ``key=value``, or each value of a choice sweep ``key=a,b``; None for ranges, globs and
+    intervals (Hydra checks those)."""
+    if override.value_type == ValueType.ELEMENT:
+        return [override.value()]
+    if override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+        return list(override.value().list)
+    return None
+
+
 def _type_problem(key: str, node: object, override) -> str | None:
     """One line if a plain value (or one of a sweep's) does not fit the key's type (int, number, bool)."""
-    if type(node) not in KINDS:
-        return None
-    if override.value_type == ValueType.ELEMENT:
-        values = [override.value()]
-    elif override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
-        values = list(override.value().list)
-    else:
-        return None  # ranges, globs, intervals: Hydra checks them
-    for value in values:
+    values = _plain_values(override) if type(node) in KINDS else None
+    for value in values or ():
         if isinstance(value, str) and "${" in value:
             continue  # an interpolation: resolved later
         try:

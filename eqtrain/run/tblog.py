@@ -69,14 +69,13 @@ class RunLogger:
             self._rows, self._steps, self._times = [], [], []
 
     def hparams(self, params: dict[str, object], metric_tags: list[str], compared: Sequence[str] = ()) -> None:
-        """hparams for TensorBoard's HParams tab, in the run's own directory; ``compared`` first.
+        """hparams for TensorBoard's HParams tab, in the run's own directory, ``compared`` marked as differing.
 
         TensorBoard's table orders its columns by (not ``differs``, name) and shows the first few
         (tensorboard/plugins/hparams/backend_context.py): marking the ``compared`` keys as differing puts
         them on the first screen, instead of the alphabet's first keys (``activation``, ``augment``, ...).
         """
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        clean = {k: clean[k] for k in [*(c for c in compared if c in clean), *clean]}  # compared first
         experiment, *session = hparams_summary(clean, {tag: 0.0 for tag in metric_tags})
         for summary in (_mark_differing(experiment, set(compared)), *session):
             self.events.write_summary(summary)

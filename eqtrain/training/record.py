@@ -30,13 +30,13 @@ class Recorder:
         self.settings, self.seed_ids = settings, state.seed_ids
         self.dirs = [seed_dir(run_dir, s, len(self.seed_ids)) for s in self.seed_ids]
         self.loggers = []
+        compared = compared_keys(overrides, list(settings.hparams(self.seed_ids[0])))  # the same keys for all
         for seed, d in zip(self.seed_ids, self.dirs):
             d.mkdir(parents=True, exist_ok=True)
             (d / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(settings.of_seed(seed))))
             logger = RunLogger(d, purge_step=state.step if resumed else None)
             if not resumed:
-                hparams = settings.hparams(seed)
-                logger.hparams(hparams, list(HPARAM_METRICS), compared_keys(overrides, list(hparams)))
+                logger.hparams(settings.hparams(seed), list(HPARAM_METRICS), compared)
             self.loggers.append(logger)
         tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
         self.steps = StepLog(state.model.space, self.loggers, tags, settings.config.data_scale)

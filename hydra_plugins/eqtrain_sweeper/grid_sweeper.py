@@ -26,7 +26,7 @@ class GridSweeper(BasicSweeper):
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
-        kept = without_repeats(jobs, getattr(self, "default_mode", None), getattr(self, "exclude", ()))
+        kept = without_repeats(jobs, getattr(self, "default_mode", None), self.exclude)
         if len(kept) < len(jobs):
             log.info(
                 "sweep: %d jobs (%d dropped: excluded, or gamma does not change a mode without a regularizer)",
