@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -13,12 +14,22 @@ from eqtrain.cli.sweeper import without_repeats
 log = logging.getLogger(__name__)
 
 
+def _entry(entry: Any) -> dict:
+    """One ``exclude`` entry as a dict, or a ValueError that says what an entry is."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(
+            f"hydra.sweeper.exclude: {entry!r} is not valid: each entry maps keys to a value or a list of "
+            "values, e.g. [{model: z2cnn, mode: [equivariant, augreg]}]"
+        )
+    return dict(entry)
+
+
 class GridSweeper(BasicSweeper):
     def __init__(
         self, max_batch_size: Optional[int], params: Optional[dict] = None, exclude: Optional[list] = None
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        self.exclude = [dict(entry) for entry in exclude or ()]
+        self.exclude = [_entry(entry) for entry in exclude or ()]
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -1,5 +1,7 @@
 """The grid sweeper drops only the jobs that would repeat another exactly (γ means nothing without a regularizer)."""
 
+import pytest
+
 from eqtrain.cli.sweeper import without_repeats
 
 
@@ -42,3 +44,11 @@ def test_exclude_compares_values_as_hydra_writes_them():
     jobs = [["mode=augreg", "gamma=1"], ["mode=augreg", "gamma=null"], ["mode=augreg", "gamma=0.1"], ["twin=true"]]
     assert without_repeats(jobs, exclude=[{"gamma": 1.0}]) == [jobs[1], jobs[2], jobs[3]]  # 1.0 is gamma=1
     assert without_repeats(jobs, exclude=[{"gamma": None}, {"twin": True}]) == [jobs[0], jobs[2]]
+
+
+def test_an_exclude_entry_that_is_not_a_mapping_is_refused_naming_it():
+    from hydra_plugins.eqtrain_sweeper.grid_sweeper import GridSweeper
+
+    with pytest.raises(ValueError, match=r"hydra.sweeper.exclude: 'z2cnn' is not valid: each entry maps keys"):
+        GridSweeper(max_batch_size=None, exclude=["z2cnn"])
+    assert GridSweeper(max_batch_size=None, exclude=[{"model": "z2cnn"}]).exclude == [{"model": "z2cnn"}]
