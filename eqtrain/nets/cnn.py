@@ -36,7 +36,7 @@ from ..geometry.network_space import Distances, NetworkSpace
 from ..geometry.parametrization import ParametrizedMap, make_basis
 from ..geometry.support import make_support
 from ..schema import ModelConfig
-from .layers import NORMS, POOL_KINDS, group_pool, normalize, pool
+from .layers import NORMS, POOL_KINDS, conv_pool, group_pool, normalize, pool_in_filter
 from .layers import avg_pool as avg_pool  # re-exported: its home was this module
 
 log = logging.getLogger(__name__)
@@ -359,10 +359,12 @@ class EqCNN(nn.Module):
         return self.space.dim_e([m.channels for m in self.maps])
 
     def activation_sizes(self) -> list[int]:
-        """Numbers of one image's activations per conv block of one seed: the conv output, then the pooled map."""
-        sizes = []
-        for m, ((h, w), (ph, pw)) in zip(self.maps[:-1], self.arch.blocks()):
-            sizes += [m.channels[0] * h * w, m.channels[0] * ph * pw]
+        """Numbers of one image's activations per conv block of one seed: the conv output, then the pooled map.
+        (Where the pooling is taken into the filter, ``layers.conv_pool``, the conv's output is the pooled map.)"""
+        sizes, arch = [], self.arch
+        for m, ((h, w), (ph, pw)), s, p in zip(self.maps[:-1], arch.blocks(), arch.stride, arch.pool):
+            conv = (ph, pw) if pool_in_filter(m.channels[1], s, p, arch.pool_kind) else (h, w)
+            sizes += [m.channels[0] * conv[0] * conv[1], m.channels[0] * ph * pw]
         return sizes
 
     def widest_activation(self) -> int:
@@ -426,9 +428,8 @@ def block_outputs(
             bias = bias.repeat_interleave(a.shape[1] // bias.shape[-1], dim=-1)
         bias = None if bias is None else bias.reshape(-1)
         groups = 1 if i == 0 and shared else n
-        h = F.conv2d(h, a.reshape(n * a.shape[1], a.shape[2], k, k), bias, arch.stride[i], pad, groups=groups)
-        if arch.pool[i] > 1:
-            h = pool(h, arch.pool[i], arch.pool_kind)
+        filters = a.reshape(n * a.shape[1], a.shape[2], k, k)
+        h = conv_pool(h, filters, bias, arch.stride[i], pad, groups, arch.pool[i], arch.pool_kind)
         h = act(h)
         if arch.norm != "none":
             h = normalize(h, arch.norm, a.shape[1] // arch.channels[i])  # channels per field: 1 or |G|

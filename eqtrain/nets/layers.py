@@ -1,4 +1,5 @@
-"""The parameter-free pieces of a conv block and of the head: pooling, normalization, group pooling.
+"""The pieces of a conv block and of the head: the seed-grouped convolution and its pooling (the weights
+passed in), and the parameter-free ones: pooling, normalization, group pooling.
 
 Each acts on the seed-stacked maps of ``cnn.block_outputs`` — shape (B, N·C, H, W), seed-major,
 and within a seed field-major (channel ``field·size + h``, ``FieldType``) — and commutes with G
@@ -15,7 +16,7 @@ exactly where SPEC §1, §9 and §11 say it does:
   features of the others, so a network with it is not G-equivariant image by image;
 - group pooling: the maximum over a regular field's |G| channels, which g only permutes.
 
-None of them has learnable weights, so none adds to A or to ``EqCNN.flat``.
+None of the last four has learnable weights, so none adds to A or to ``EqCNN.flat``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,76 @@ BATCH_NORMS = ("batchnorm", "batchnorm_channel")  # the norms that couple the im
 BN_EPS = 1e-5  # torch's BatchNorm default
 # With autograd, maps of at least this many numbers are pooled by ``_AvgPool`` (a single seed's batch of
 # 10 paper-CNN maps, 125k, is faster through avg_pool2d's one call; 30 seeds', 3.8M, 10 % faster per step)
-POOL_VIEWS_FROM = 1 << 20
+POOL_VIEWS_FROM = 1 << 16
+# A conv reading fewer channels (per seed) than this takes in its average pooling (``conv_pool``), and on the
+# CPU, grouped by seed, is computed from patches by one batched matmul: oneDNN's grouped kernels are 2-5x
+# slower there (1-3 channels per group) and faster from 4 on (docs/performance.md).
+PATCHES_BELOW = 4
+
+
+def conv_pool(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    pad: int,
+    groups: int,
+    p: int,
+    kind: str,
+) -> torch.Tensor:
+    """A block's convolution ``F.conv2d(h, weight, bias, stride, pad, groups=groups)`` of seed-stacked maps
+    h (B, N·C, H, W), then its p×p pooling of kind ``kind``: the same function, computed the cheapest
+    way measured (docs/performance.md, "The input layer of an ensemble").
+
+    - A conv of stride 1 on few channels (C < ``PATCHES_BELOW``: the input layer) followed by average
+      pooling is one conv of stride p with the filter w ⊛ box_p / p² (``pooled_filter``): the mean over
+      a window of conv outputs is linear in them, so it is a (k+p−1)² filter at the pooled pixels alone,
+      and the full-size map (4x the pooled one for p = 2) is never made.
+    - With groups = N > 1, C < ``PATCHES_BELOW`` (an ensemble's input layer: 1 channel for digits, 3 for
+      CIFAR-10) goes through ``_conv_by_patches``; otherwise oneDNN's (or cuDNN's) grouped conv.
+    Both are the same sums as conv-then-pool in another order: equal to float round-off (a test).
+    """
+    if pool_in_filter(weight.shape[1], stride, p, kind):
+        return _conv(h, pooled_filter(weight, p), bias, p, pad, groups)
+    h = _conv(h, weight, bias, stride, pad, groups)
+    return pool(h, p, kind) if p > 1 else h
+
+
+def pool_in_filter(channels: int, stride: int, p: int, kind: str) -> bool:
+    """Whether ``conv_pool`` takes the pooling into the filter: a conv of stride 1 reading fewer than
+    ``PATCHES_BELOW`` channels (per seed), then p×p average pooling, p > 1."""
+    return kind == "avg" and p > 1 and stride == 1 and channels < PATCHES_BELOW
+
+
+def pooled_filter(weight: torch.Tensor, p: int) -> torch.Tensor:
+    """(O, C, k, k) → (O, C, k+p−1, k+p−1): the filter of a k×k conv followed by p×p average pooling, the
+    full convolution of each k×k filter with a p×p box, divided by p²."""
+    o, c, k, _ = weight.shape
+    padded = F.pad(weight.reshape(o * c, 1, k, k), (p - 1,) * 4)
+    box = weight.new_ones(1, 1, p, p)
+    return F.conv2d(padded, box).view(o, c, k + p - 1, k + p - 1) / (p * p)
+
+
+def _conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, groups: int):
+    if groups == 1 or weight.shape[1] >= PATCHES_BELOW or h.device.type != "cpu":
+        return F.conv2d(h, weight, bias, stride, pad, groups=groups)
+    return _conv_by_patches(h, weight, bias, stride, pad, groups)
+
+
+def _conv_by_patches(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, n: int):
+    """The grouped convolution as one batched matmul: every seed's (out, C·k²) filters times the (C·k², pixels)
+    patches of each of its images, which are k² strided views of the padded map stacked (C·k² rows per seed,
+    k² times the input: small only when C is). The output comes out in the seed-major layout of the maps."""
+    b, _, height, width = h.shape
+    out, c, k, _ = weight.shape
+    if pad:
+        h = F.pad(h, (pad, pad, pad, pad))
+    ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
+    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    views = [h[:, :, i : i + span_h : stride, j : j + span_w : stride] for i in range(k) for j in range(k)]
+    patches = torch.stack(views, 2).view(b, n, c * k * k, ho * wo)  # rows in the filters' (channel, i, j) order
+    y = torch.matmul(weight.reshape(n, out // n, c * k * k), patches).view(b, out, ho, wo)
+    return y if bias is None else y + bias[:, None, None]
 
 
 def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -68,7 +138,14 @@ def _avg_pool_views(x: torch.Tensor, p: int) -> torch.Tensor:
 def _spread(g: torch.Tensor, p: int, size: tuple[int, int]) -> torch.Tensor:
     """avg_pool's backward: g/p² on every pixel of its window, 0 on the rows and columns pooling dropped."""
     h, w = g.shape[-2:]
-    out = (g / (p * p))[..., :, None, :, None].expand(*g.shape[:-2], h, p, w, p).reshape(*g.shape[:-2], h * p, w * p)
+    share = g / (p * p)
+    out = share.new_empty(*g.shape[:-2], h, p, w, p)
+    # Written as p strided copies into the window's first row, then that row copied p − 1 times: 3x faster
+    # than one copy from an expanded view (whose innermost run is p numbers long) or avg_pool2d's backward.
+    for j in range(p):
+        out[..., 0, :, j].copy_(share)
+    out[..., 1:, :, :].copy_(out[..., :1, :, :].expand_as(out[..., 1:, :, :]))
+    out = out.view(*g.shape[:-2], h * p, w * p)
     if (h * p, w * p) != size:
         out = F.pad(out, (0, size[1] - w * p, 0, size[0] - h * p))
     return out

@@ -26,7 +26,7 @@ from .steplog import HOLD_ENTRIES
 # Fitted to the peak RSS of paper-CNN runs above the 1-seed run (docs/design.md, "Memory model"):
 WEIGHT_COPIES = 3  # in the run's dtype, per weight entry, at the step's peak
 PERP_BYTES = 8  # Π_{E⊥}A in float64, per weight entry
-ACTIVATION_COPIES = 1.3  # per activation of a conv block (conv output and pooled map), forward and backward
+ACTIVATION_COPIES = 2.4  # per activation of a conv block (conv output and pooled map), forward and backward
 EVAL_COPIES = 2  # chunks of the widest activation alive at once
 
 

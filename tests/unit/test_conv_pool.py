@@ -1,0 +1,80 @@
+"""A block's convolution and pooling (``layers.conv_pool``): the same function as conv then pool however
+it is computed — average pooling taken into the filter (``pooled_filter``) for few input channels, an
+ensemble's few-channel conv by patches and one batched matmul — to float round-off, forward, backward
+and second derivative (docs/performance.md, "The input layer of an ensemble")."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eqtrain.nets import layers
+from eqtrain.nets.layers import PATCHES_BELOW, conv_pool, pooled_filter
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}  # relative to the largest entry; float32 measured <= 1e-6
+
+
+def plain(h, weight, bias, stride, pad, groups, p, kind):
+    out = F.conv2d(h, weight, bias, stride, pad, groups=groups)
+    return out if p == 1 else (F.avg_pool2d(out, p) if kind == "avg" else F.max_pool2d(out, p))
+
+
+def close(a: torch.Tensor, b: torch.Tensor, dtype) -> bool:
+    return a.shape == b.shape and bool((a - b).abs().max() <= TOL[dtype] * b.abs().max())
+
+
+def counting(monkeypatch, name: str) -> list[int]:
+    """Count the calls of ``layers.<name>``, still calling it."""
+    calls, original = [], getattr(layers, name)
+    monkeypatch.setattr(layers, name, lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("channels", [1, 3, PATCHES_BELOW])
+@pytest.mark.parametrize("p,kind", [(1, "avg"), (2, "avg"), (3, "avg"), (2, "max")])
+@pytest.mark.parametrize("stride,pad,size", [(1, 1, (15, 13)), (1, 0, (14, 14)), (2, 1, (15, 15))])
+def test_conv_then_pool_however_computed_equals_the_plain_ops(
+    monkeypatch, dtype, groups, channels, p, kind, stride, pad, size
+):
+    fused, patched = counting(monkeypatch, "pooled_filter"), counting(monkeypatch, "_conv_by_patches")
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(4, groups * channels, *size, generator=gen, dtype=dtype, requires_grad=True)
+    weight = torch.randn(groups * 5, channels, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
+    bias = torch.randn(groups * 5, generator=gen, dtype=dtype, requires_grad=True)
+    ours, ref = (f(h, weight, bias, stride, pad, groups, p, kind) for f in (conv_pool, plain))
+    few = channels < PATCHES_BELOW
+    assert len(fused) == (few and kind == "avg" and p > 1 and stride == 1)  # the routing rule, really taken
+    assert len(patched) == (few and groups > 1)
+    assert close(ours, ref, dtype)
+    g = torch.randn(ref.shape, generator=gen, dtype=dtype)
+    for a, b in zip(torch.autograd.grad(ours, (h, weight, bias), g), torch.autograd.grad(ref, (h, weight, bias), g)):
+        assert close(a, b, dtype)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_the_fused_path_is_twice_differentiable(groups):
+    """eqtrain-analyze differentiates the loss twice in the weights: the Hessian-vector product of the fused
+    and patched path equals that of conv then avg_pool2d (float64, ≤1e-12 relative)."""
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(3, groups, 12, 12, generator=gen, dtype=torch.float64)
+    weight = torch.randn(groups * 4, 1, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def hessian_vector(f):
+        (grad,) = torch.autograd.grad(
+            f(h, weight, None, 1, 1, groups, 2, "avg").tanh().sum(), weight, create_graph=True
+        )
+        return torch.autograd.grad(grad.square().sum(), weight)[0]
+
+    assert close(hessian_vector(conv_pool), hessian_vector(plain), torch.float64)
+
+
+@pytest.mark.parametrize("p", [2, 3])
+def test_the_pooled_filter_is_the_filter_summed_over_the_window_shifts(p):
+    """w ⊛ box_p / p²: entry (r, s) sums w[i, j] over i + a = r, j + b = s, 0 ≤ a, b < p (exact in float64)."""
+    w = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = torch.zeros(2, 3, 3 + p - 1, 3 + p - 1, dtype=torch.float64)
+    for a in range(p):
+        for b in range(p):
+            expected[..., a : a + 3, b : b + 3] += w
+    torch.testing.assert_close(pooled_filter(w, p), expected / p**2, rtol=1e-15, atol=1e-15)
