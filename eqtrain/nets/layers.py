@@ -55,24 +55,28 @@ def conv_pool(
     h (B, N·C, H, W), then its p×p pooling of kind ``kind``: the same function, computed the cheapest
     way measured (docs/performance.md, "The input layer of an ensemble").
 
-    - A conv of stride 1 on few channels (C < ``PATCHES_BELOW``: the input layer) followed by average
-      pooling is one conv of stride p with the filter w ⊛ box_p / p² (``pooled_filter``): the mean over
-      a window of conv outputs is linear in them, so it is a (k+p−1)² filter at the pooled pixels alone,
-      and the full-size map (4x the pooled one for p = 2) is never made.
+    - A conv of stride 1 followed by average pooling is one conv of stride p with the filter
+      w ⊛ box_p / p² (``pooled_filter``): the mean over a window of conv outputs is linear in them, so it
+      is a (k+p−1)² filter at the pooled pixels alone, and the full-size map (4x the pooled one for
+      p = 2) is never made. Taken where it pays (``pool_in_filter``): on few channels (C <
+      ``PATCHES_BELOW``: the input layer), and everywhere when no gradient is taken (the evaluation).
     - With groups = N > 1, C < ``PATCHES_BELOW`` (an ensemble's input layer: 1 channel for digits, 3 for
       CIFAR-10) goes through ``_conv_by_patches``; otherwise oneDNN's (or cuDNN's) grouped conv.
     Both are the same sums as conv-then-pool in another order: equal to float round-off (a test).
     """
-    if pool_in_filter(weight.shape[1], stride, p, kind):
+    differentiated = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    if pool_in_filter(weight.shape[1], stride, p, kind, differentiated):
         return _conv(h, pooled_filter(weight, p), bias, p, pad, groups)
     h = _conv(h, weight, bias, stride, pad, groups)
     return pool(h, p, kind) if p > 1 else h
 
 
-def pool_in_filter(channels: int, stride: int, p: int, kind: str) -> bool:
-    """Whether ``conv_pool`` takes the pooling into the filter: a conv of stride 1 reading fewer than
-    ``PATCHES_BELOW`` channels (per seed), then p×p average pooling, p > 1."""
-    return kind == "avg" and p > 1 and stride == 1 and channels < PATCHES_BELOW
+def pool_in_filter(channels: int, stride: int, p: int, kind: str, differentiated: bool = True) -> bool:
+    """Whether ``conv_pool`` takes the pooling into the filter: a conv of stride 1, then p×p average pooling
+    (p > 1), reading fewer than ``PATCHES_BELOW`` channels (per seed) or not ``differentiated`` (the
+    evaluation). oneDNN's (k+p−1)² stride-p forward beats k×k and then pooling at every width, its
+    backward only on few channels (docs/performance.md)."""
+    return kind == "avg" and p > 1 and stride == 1 and (channels < PATCHES_BELOW or not differentiated)
 
 
 def pooled_filter(weight: torch.Tensor, p: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """A block's convolution and pooling (``layers.conv_pool``): the same function as conv then pool however
-it is computed — average pooling taken into the filter (``pooled_filter``) for few input channels, an
-ensemble's few-channel conv by patches and one batched matmul — to float round-off, forward, backward
-and second derivative (docs/performance.md, "The input layer of an ensemble")."""
+it is computed — average pooling taken into the filter (``pooled_filter``) for few input channels or
+without a gradient, an ensemble's few-channel conv by patches and one batched matmul — to float
+round-off, forward, backward and second derivative (docs/performance.md, "The input layer of an
+ensemble")."""
 
 import pytest
 import torch
@@ -50,6 +51,21 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
     g = torch.randn(ref.shape, generator=gen, dtype=dtype)
     for a, b in zip(torch.autograd.grad(ours, (h, weight, bias), g), torch.autograd.grad(ref, (h, weight, bias), g)):
         assert close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, PATCHES_BELOW, 16])
+@pytest.mark.parametrize("p", [2, 3])
+def test_without_a_gradient_every_average_pooling_goes_into_the_filter(monkeypatch, dtype, channels, p):
+    """The evaluation (no gradient): the pooled filter at any width, the same numbers to round-off."""
+    fused = counting(monkeypatch, "pooled_filter")
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(4, 2 * channels, 15, 13, generator=gen, dtype=dtype)
+    weight = torch.randn(2 * 5, channels, 3, 3, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        ours, ref = conv_pool(h, weight, None, 1, 1, 2, p, "avg"), plain(h, weight, None, 1, 1, 2, p, "avg")
+    assert len(fused) == 1
+    assert close(ours, ref, dtype)
 
 
 @pytest.mark.parametrize("groups", [1, 3])

@@ -232,40 +232,52 @@ def test_group_pool_after_layernorm_on_scalar_fields_is_refused():
         build_model(cfg, C4, (1, 28, 28), 10, constrain=False)
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shared", [True, False])
-def test_the_paper_cnn_forward_pass_is_the_one_written_out(shared):
+def test_the_paper_cnn_forward_pass_is_the_one_written_out(shared, training):
     """Default options: conv (zero padding 1) → average pool → tanh → LayerNorm, twice, then the head
-    (float32, 2 seeds, with biases; one input shown to both seeds, or one per seed). conv1 and its pooling
-    are one conv of the pooled filter at stride 2 (``layers.conv_pool``): equal to conv then avg_pool2d to
-    float32 round-off (measured 1.6e-7 relative; bound 1e-5), and the rest bit for bit as written before."""
+    (float32, 2 seeds, with biases; one input shown to both seeds, or one per seed). A conv and its
+    average pooling are one conv of the pooled filter at stride 2 (``layers.conv_pool``): conv1 always,
+    conv2 where no gradient is taken (the evaluation). Equal to conv then avg_pool2d to float32 round-off
+    (measured ≤ 1.6e-7 relative; bound 1e-5), and bit for bit the written-out ops of each path."""
     model = model_of("paper_cnn", "model.bias=true", constrain=False, dtype=torch.float32, seeds=2, sigma=1e-2)
     with torch.no_grad():
         for b in model.biases:
             b.normal_()
-    x, (a1, a2, head), biases = images(5).float(), model.weights(), list(model.biases)
+    x, weights, biases = images(5).float(), model.weights(), list(model.biases)
     x = x if shared else torch.stack([x, x.flip(-1)])  # (N, B, 1, H, W): each seed its own images
+    w1, w2 = weights[0].reshape(32, 1, 3, 3), weights[1].reshape(32, 16, 3, 3)
+    b1, b2, head = biases[0].reshape(-1), biases[1].reshape(-1), weights[2].detach()
 
-    def after_conv1(h):
-        h = F.layer_norm(torch.tanh(h), (14, 14))
-        h = F.conv2d(h, a2.reshape(32, 16, 3, 3), biases[1].reshape(-1), 1, 1, groups=2)
-        h = F.layer_norm(torch.tanh(F.avg_pool2d(h, 2)), (7, 7))
+    def forward(first_conv, second_conv):
+        h = F.layer_norm(torch.tanh(first_conv), (14, 14))
+        h = F.layer_norm(torch.tanh(second_conv(h)), (7, 7))
         return torch.bmm(h.reshape(5, 2, -1).transpose(0, 1), head.flatten(2).transpose(1, 2)) + biases[2][:, None]
 
     with torch.no_grad():
         first = x if shared else x.transpose(0, 1).reshape(5, 2, 28, 28)
-        w1, b1 = a1.reshape(32, 1, 3, 3), biases[0].reshape(-1)
         # the pooled filter at stride 2: oneDNN's conv on the shared input, patches and a matmul per seed
-        fused = (
+        fused1 = (
             F.conv2d(first, pooled_filter(w1, 2), b1, 2, 1)
             if shared
             else conv_by_patches(first, pooled_filter(w1, 2), b1, 2, 1, 2)
         )
-        written = F.avg_pool2d(F.conv2d(first, w1, b1, 1, 1, groups=1 if shared else 2), 2)
+        plain1 = F.avg_pool2d(F.conv2d(first, w1, b1, 1, 1, groups=1 if shared else 2), 2)
+
+        def plain2(h):
+            return F.avg_pool2d(F.conv2d(h, w2, b2, 1, 1, groups=2), 2)
+
+        def fused2(h):
+            return F.conv2d(h, pooled_filter(w2, 2), b2, 2, 1, groups=2)
+
+        expected = forward(plain1, plain2)  # conv then pool, as written before P4CNN
+        ours = forward(fused1, plain2 if training else fused2)
+    with torch.set_grad_enabled(training):
         out = logits_at(model.arch, model.weights(), x, biases)
-        assert torch.equal(out, after_conv1(fused))
-        expected = after_conv1(written)
-        assert (out - expected).abs().max() <= 1e-5 * expected.abs().max()
-        assert torch.equal(model(x), out)
+        assert out.requires_grad == training
+        assert torch.equal(out.detach(), ours)
+        assert (out.detach() - expected).abs().max() <= 1e-5 * expected.abs().max()
+        assert torch.equal(model(x).detach(), out.detach())
 
 
 def test_initial_weights_of_a_p4cnn_lie_in_e():
