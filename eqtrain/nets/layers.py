@@ -16,7 +16,9 @@ exactly where SPEC §1, §9 and §11 say it does:
   features of the others, so a network with it is not G-equivariant image by image;
 - group pooling: the maximum over a regular field's |G| channels, which g only permutes.
 
-None of the last four has learnable weights, so none adds to A or to ``EqCNN.flat``.
+None of these has learnable weights, so none adds to A or to ``EqCNN.flat``. The convolution and its
+pooling (``conv_pool``) are conv then pool however they are computed, equal to float round-off, so they
+commute with G wherever conv then pool does.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ POOL_KINDS = ("avg", "max")
 NORMS = ("layernorm", "batchnorm", "batchnorm_channel", "none")
 BATCH_NORMS = ("batchnorm", "batchnorm_channel")  # the norms that couple the images of a batch
 BN_EPS = 1e-5  # torch's BatchNorm default
-# With autograd, maps of at least this many numbers are pooled by ``_AvgPool`` (a single seed's batch of
-# 10 paper-CNN maps, 125k, is faster through avg_pool2d's one call; 30 seeds', 3.8M, 10 % faster per step)
+# With autograd, maps of at least this many numbers are pooled by ``_AvgPool``: measured faster than
+# avg_pool2d from 125k numbers (0.50 against 0.63 ms), slower at 31k (0.37 against 0.23 ms)
 POOL_VIEWS_FROM = 1 << 16
-# A conv reading fewer channels (per seed) than this takes in its average pooling (``conv_pool``), and on the
-# CPU, grouped by seed, is computed from patches by one batched matmul: oneDNN's grouped kernels are 2-5x
-# slower there (1-3 channels per group) and faster from 4 on (docs/performance.md).
+# A conv reading fewer channels (per seed) than this takes in its average pooling (``conv_pool``; without
+# a gradient every conv does), and on the CPU, grouped by seed, is computed from patches by one batched
+# matmul: oneDNN's grouped kernels are 2-5x slower there (1-3 channels per group) and faster from 4 on
+# (docs/performance.md).
 PATCHES_BELOW = 4
 
 
