@@ -31,8 +31,8 @@ from ..data.augment import Augmenter
 from ..data.datasets import Data
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN, build_model
+from ..nets.conv import pool_in_filter
 from ..nets.init import initial_weights_of_seeds
-from ..nets.layers import pool_in_filter
 from ..run.machine import retain_freed_memory
 from ..run.tblog import RunLogger
 from ..schema import ModelConfig
@@ -130,7 +130,7 @@ def make_eqtrain(
 def forward_flops(model: EqCNN, executed: bool = False) -> int:
     """Multiply-adds × 2 of one image's forward pass through one seed's network (convs and head): as a plain
     CNN computes it (conv at every pixel, then pooling), or with ``executed`` as eqtrain does, where a
-    block's average pooling is taken into the filter (``layers.conv_pool``: a (k+p−1)² filter at the
+    block's average pooling is taken into the filter (``conv.conv_pool``: a (k+p−1)² filter at the
     pooled pixels)."""
     arch, flops = model.arch, 0
     for m, ((h, w), (ph, pw)), s, p in zip(model.maps, arch.blocks(), arch.stride, arch.pool):
@@ -323,8 +323,8 @@ def main(argv: list[str] | None = None) -> None:
             "speedup": round(rates["ensemble"] / rates["sequential"], 3),
             "step_gflops": round(rates["ensemble"] * step_flops / 1e9, 2),
             "matmul_gflops": round(peak / 1e9, 1),
-            "fraction_of_peak": round(fraction, 4),
-            "fraction_of_peak_executed": round(fraction_executed, 4),
+            "fraction_of_peak": round(fraction, 6),
+            "fraction_of_peak_executed": round(fraction_executed, 6),
             "eval_us_per_image_seed": round(per_image * 1e6, 2),
         }
     print(json.dumps(report))

@@ -5,7 +5,8 @@ normalization (LayerNorm over (H, W) without affine by default, a per-field batc
 repeated, then flatten → linear head (optionally after pooling over the group and the pixels:
 SPEC §11's P4CNN). Every learnable linear map is a ``ParametrizedMap`` paired with the
 ``LayerSpace`` that knows its E; the forward pass only ever sees plain weight tensors, so a new
-group or parametrization touches no layer code. The parameter-free pieces are in ``layers``.
+group or parametrization touches no layer code. The convolution with its pooling is in ``conv``, the
+parameter-free pieces in ``layers``.
 
 Every weight carries a leading seed axis: N seeds of one architecture are one network whose
 convolutions are grouped by seed (N = 1 is a plain convolution), so an ensemble costs like
@@ -36,7 +37,8 @@ from ..geometry.network_space import Distances, NetworkSpace
 from ..geometry.parametrization import ParametrizedMap, make_basis
 from ..geometry.support import make_support
 from ..schema import ModelConfig
-from .layers import NORMS, POOL_KINDS, conv_pool, group_pool, normalize, pool_in_filter
+from .conv import conv_pool, pool_in_filter
+from .layers import NORMS, POOL_KINDS, group_pool, normalize
 from .layers import avg_pool as avg_pool  # re-exported: its home was this module
 
 log = logging.getLogger(__name__)
@@ -360,7 +362,7 @@ class EqCNN(nn.Module):
 
     def activation_sizes(self) -> list[int]:
         """Numbers of one image's activations per conv block of one seed: the conv output, then the pooled map.
-        (Where the pooling is taken into the filter, ``layers.conv_pool``, the conv's output is the pooled map.)"""
+        (Where the pooling is taken into the filter, ``conv.conv_pool``, the conv's output is the pooled map.)"""
         sizes, arch = [], self.arch
         for m, ((h, w), (ph, pw)), s, p in zip(self.maps[:-1], arch.blocks(), arch.stride, arch.pool):
             conv = (ph, pw) if pool_in_filter(m.channels[1], s, p, arch.pool_kind) else (h, w)

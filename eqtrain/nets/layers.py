@@ -1,5 +1,5 @@
-"""The pieces of a conv block and of the head: the seed-grouped convolution and its pooling (the weights
-passed in), and the parameter-free ones: pooling, normalization, group pooling.
+"""The parameter-free pieces of a conv block and of the head: pooling, normalization, group pooling
+(the convolution and its pooling together: ``conv``).
 
 Each acts on the seed-stacked maps of ``cnn.block_outputs`` — shape (B, N·C, H, W), seed-major,
 and within a seed field-major (channel ``field·size + h``, ``FieldType``) — and commutes with G
@@ -16,14 +16,10 @@ exactly where SPEC §1, §9 and §11 say it does:
   features of the others, so a network with it is not G-equivariant image by image;
 - group pooling: the maximum over a regular field's |G| channels, which g only permutes.
 
-None of these has learnable weights, so none adds to A or to ``EqCNN.flat``. The convolution and its
-pooling (``conv_pool``) are conv then pool however they are computed, equal to float round-off, so they
-commute with G wherever conv then pool does.
+None of them has learnable weights, so none adds to A or to ``EqCNN.flat``.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -37,91 +33,6 @@ BN_EPS = 1e-5  # torch's BatchNorm default
 # With autograd, maps of at least this many numbers are pooled by ``_AvgPool``: measured faster than
 # avg_pool2d from 125k numbers (0.50 against 0.63 ms), slower at 31k (0.37 against 0.23 ms)
 POOL_VIEWS_FROM = 1 << 16
-# A conv reading fewer channels (per seed) than this takes in its average pooling (``conv_pool``; without
-# a gradient every conv does), and on the CPU, grouped by seed, is computed from patches by one batched
-# matmul: oneDNN's grouped kernels are 2-5x slower there (1-3 channels per group) and faster from 4 on
-# (docs/performance.md).
-PATCHES_BELOW = 4
-
-
-def conv_pool(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-    pad: int,
-    groups: int,
-    p: int,
-    kind: str,
-) -> torch.Tensor:
-    """A block's convolution ``F.conv2d(h, weight, bias, stride, pad, groups=groups)`` of seed-stacked maps
-    h (B, N·C, H, W), then its p×p pooling of kind ``kind``: the same function, computed the cheapest
-    way measured (docs/performance.md, "The input layer of an ensemble").
-
-    - A conv of stride 1 followed by average pooling is one conv of stride p with the filter
-      w ⊛ box_p / p² (``pooled_filter``): the mean over a window of conv outputs is linear in them, so it
-      is a (k+p−1)² filter at the pooled pixels alone, and the full-size map (4x the pooled one for
-      p = 2) is never made. Taken where it pays (``pool_in_filter``): on few channels (C <
-      ``PATCHES_BELOW``: the input layer), and everywhere when no gradient is taken (the evaluation).
-    - With groups = N > 1, C < ``PATCHES_BELOW`` (an ensemble's input layer: 1 channel for digits, 3 for
-      CIFAR-10) goes through ``_conv_by_patches``; otherwise oneDNN's (or cuDNN's) grouped conv.
-    Both are the same sums as conv-then-pool in another order: equal to float round-off (a test).
-    """
-    differentiated = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    if pool_in_filter(weight.shape[1], stride, p, kind, differentiated):
-        return _conv(h, pooled_filter(weight, p), bias, p, pad, groups)
-    h = _conv(h, weight, bias, stride, pad, groups)
-    return pool(h, p, kind) if p > 1 else h
-
-
-def pool_in_filter(channels: int, stride: int, p: int, kind: str, differentiated: bool = True) -> bool:
-    """Whether ``conv_pool`` takes the pooling into the filter: a conv of stride 1, then p×p average pooling
-    (p > 1), reading fewer than ``PATCHES_BELOW`` channels (per seed) or not ``differentiated`` (the
-    evaluation). oneDNN's (k+p−1)² stride-p forward beats k×k and then pooling at every width, its
-    backward only on few channels (docs/performance.md)."""
-    return kind == "avg" and p > 1 and stride == 1 and (channels < PATCHES_BELOW or not differentiated)
-
-
-def pooled_filter(weight: torch.Tensor, p: int) -> torch.Tensor:
-    """(O, C, k, k) → (O, C, k+p−1, k+p−1): the filter of a k×k conv followed by p×p average pooling, the
-    full convolution of each k×k filter with a p×p box, divided by p²: one small matmul with a 0/1 matrix
-    (for 30 seeds' filters 0.13 ms forward and backward, against 0.6-0.9 ms as a conv with the box)."""
-    o, c, k, _ = weight.shape
-    spread = _box_spread(k, p, weight.dtype, weight.device)
-    return (weight.reshape(o * c, k * k) @ spread).view(o, c, k + p - 1, k + p - 1) / (p * p)
-
-
-@functools.cache
-def _box_spread(k: int, p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(k², (k+p−1)²) of 0 and 1: entry (i, j), (r, s) is 1 where 0 ≤ r − i < p and 0 ≤ s − j < p."""
-    m = k + p - 1
-    spread = torch.zeros(k, k, m, m, dtype=dtype, device=device)
-    for a in range(p):
-        for b in range(p):
-            spread[:, :, a : a + k, b : b + k] += torch.eye(k * k, dtype=dtype, device=device).view(k, k, k, k)
-    return spread.view(k * k, m * m)
-
-
-def _conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, groups: int):
-    if groups == 1 or weight.shape[1] >= PATCHES_BELOW or h.device.type != "cpu":
-        return F.conv2d(h, weight, bias, stride, pad, groups=groups)
-    return _conv_by_patches(h, weight, bias, stride, pad, groups)
-
-
-def _conv_by_patches(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, n: int):
-    """The grouped convolution as one batched matmul: every seed's (out, C·k²) filters times the (C·k², pixels)
-    patches of each of its images, which are k² strided views of the padded map stacked (C·k² rows per seed,
-    k² times the input: small only when C is). The output comes out in the seed-major layout of the maps."""
-    b, _, height, width = h.shape
-    out, c, k, _ = weight.shape
-    if pad:
-        h = F.pad(h, (pad, pad, pad, pad))
-    ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
-    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    views = [h[:, :, i : i + span_h : stride, j : j + span_w : stride] for i in range(k) for j in range(k)]
-    patches = torch.stack(views, 2).view(b, n, c * k * k, ho * wo)  # rows in the filters' (channel, i, j) order
-    y = torch.matmul(weight.reshape(n, out // n, c * k * k), patches).view(b, out, ho, wo)
-    return y if bias is None else y + bias[:, None, None]
 
 
 def avg_pool(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""A block's convolution and pooling (``layers.conv_pool``): the same function as conv then pool however
+"""A block's convolution and pooling (``conv.conv_pool``): the same function as conv then pool however
 it is computed — average pooling taken into the filter (``pooled_filter``) for few input channels or
 without a gradient, an ensemble's few-channel conv by patches and one batched matmul — to float
 round-off, forward, backward and second derivative (docs/performance.md, "The input layer of an
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eqtrain.nets import layers
-from eqtrain.nets.layers import PATCHES_BELOW, conv_pool, pooled_filter
+from eqtrain.nets import conv
+from eqtrain.nets.conv import PATCHES_BELOW, POOL_IN_FILTER_BELOW, conv_pool, pooled_filter
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}  # relative to the largest entry; float32 measured <= 1e-6
 
@@ -24,15 +24,15 @@ def close(a: torch.Tensor, b: torch.Tensor, dtype) -> bool:
 
 
 def counting(monkeypatch, name: str) -> list[int]:
-    """Count the calls of ``layers.<name>``, still calling it."""
-    calls, original = [], getattr(layers, name)
-    monkeypatch.setattr(layers, name, lambda *args: calls.append(1) or original(*args))
+    """Count the calls of ``conv.<name>``, still calling it."""
+    calls, original = [], getattr(conv, name)
+    monkeypatch.setattr(conv, name, lambda *args: calls.append(1) or original(*args))
     return calls
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("groups", [1, 3])
-@pytest.mark.parametrize("channels", [1, 3, PATCHES_BELOW])
+@pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("p,kind", [(1, "avg"), (2, "avg"), (3, "avg"), (2, "max")])
 @pytest.mark.parametrize("stride,pad,size", [(1, 1, (15, 13)), (1, 0, (14, 14)), (2, 1, (15, 15))])
 def test_conv_then_pool_however_computed_equals_the_plain_ops(
@@ -44,9 +44,9 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
     weight = torch.randn(groups * 5, channels, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
     bias = torch.randn(groups * 5, generator=gen, dtype=dtype, requires_grad=True)
     ours, ref = (f(h, weight, bias, stride, pad, groups, p, kind) for f in (conv_pool, plain))
-    few = channels < PATCHES_BELOW
-    assert len(fused) == (few and kind == "avg" and p > 1 and stride == 1)  # the routing rule, really taken
-    assert len(patched) == (few and groups > 1)
+    pooled = channels < POOL_IN_FILTER_BELOW and kind == "avg" and p > 1 and stride == 1
+    assert len(fused) == pooled  # the routing rules, really taken
+    assert len(patched) == (channels < PATCHES_BELOW and groups > 1)
     assert close(ours, ref, dtype)
     g = torch.randn(ref.shape, generator=gen, dtype=dtype)
     for a, b in zip(torch.autograd.grad(ours, (h, weight, bias), g), torch.autograd.grad(ref, (h, weight, bias), g)):
@@ -54,18 +54,25 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("channels", [1, PATCHES_BELOW, 16])
+@pytest.mark.parametrize("channels", [1, 4, 16])
 @pytest.mark.parametrize("p", [2, 3])
-def test_without_a_gradient_every_average_pooling_goes_into_the_filter(monkeypatch, dtype, channels, p):
-    """The evaluation (no gradient): the pooled filter at any width, the same numbers to round-off."""
+@pytest.mark.parametrize("k", [3, 5])
+def test_without_a_gradient_every_average_pooling_goes_into_the_filter(monkeypatch, dtype, channels, p, k):
+    """The evaluation (no gradient): the pooled filter at any width and kernel size, the same numbers to
+    round-off (and under inference mode, after which training still works: the cached 0/1 matrix is
+    an ordinary tensor)."""
     fused = counting(monkeypatch, "pooled_filter")
+    conv._box_spread.cache_clear()
     gen = torch.Generator().manual_seed(3)
     h = torch.randn(4, 2 * channels, 15, 13, generator=gen, dtype=dtype)
-    weight = torch.randn(2 * 5, channels, 3, 3, generator=gen, dtype=dtype)
-    with torch.no_grad():
-        ours, ref = conv_pool(h, weight, None, 1, 1, 2, p, "avg"), plain(h, weight, None, 1, 1, 2, p, "avg")
+    weight = torch.randn(2 * 5, channels, k, k, generator=gen, dtype=dtype)
+    with torch.inference_mode():
+        ours, ref = conv_pool(h, weight, None, 1, k // 2, 2, p, "avg"), plain(h, weight, None, 1, k // 2, 2, p, "avg")
     assert len(fused) == 1
     assert close(ours, ref, dtype)
+    weight.requires_grad_()
+    (grad,) = torch.autograd.grad(conv_pool(h, weight, None, 1, k // 2, 2, p, "avg").sum(), weight)
+    assert close(grad, torch.autograd.grad(plain(h, weight, None, 1, k // 2, 2, p, "avg").sum(), weight)[0], dtype)
 
 
 @pytest.mark.parametrize("groups", [1, 3])
@@ -87,7 +94,7 @@ def test_the_fused_path_is_twice_differentiable(groups):
 
 @pytest.mark.parametrize("p", [2, 3])
 def test_the_pooled_filter_is_the_filter_summed_over_the_window_shifts(p):
-    """w ⊛ box_p / p²: entry (r, s) sums w[i, j] over i + a = r, j + b = s, 0 ≤ a, b < p (exact in float64)."""
+    """w ⊛ box_p / p²: entry (r, s) sums w[i, j] over i + a = r, j + b = s, 0 ≤ a, b < p (float64, ≤ 1e-15)."""
     w = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     expected = torch.zeros(2, 3, 3 + p - 1, 3 + p - 1, dtype=torch.float64)
     for a in range(p):

@@ -80,7 +80,7 @@ def test_train_accuracy_on_a_fixed_subset():
 
 def test_a_chunk_holds_the_widest_activation_of_all_seeds_within_the_budget():
     model = ensemble(30)
-    widest = 16 * 14 * 14  # conv1's output (its pooling taken into the filter: layers.conv_pool), per image and seed
+    widest = 16 * 14 * 14  # conv1's output (its pooling taken into the filter: conv.conv_pool), per image and seed
     assert model.widest_activation() == widest
     assert eval_chunk(model, budget=8 << 20) == (8 << 20) // (30 * widest * 4)
     assert eval_chunk(model, budget=1) == 1  # at least one image

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from eqtrain.geometry.fields import FieldType
 from eqtrain.geometry.group import GROUP_NAMES, Group
 from eqtrain.nets.cnn import block_outputs, build_model, logits_at
+from eqtrain.nets.conv import _conv_by_patches as conv_by_patches
+from eqtrain.nets.conv import pooled_filter
 from eqtrain.nets.init import initial_weights, initial_weights_of_seeds
-from eqtrain.nets.layers import _conv_by_patches as conv_by_patches
-from eqtrain.nets.layers import normalize, pooled_filter
+from eqtrain.nets.layers import normalize
 from eqtrain.training.layer_equivariance import layer_errors
 
 from ..helpers import make_config
@@ -237,7 +238,7 @@ def test_group_pool_after_layernorm_on_scalar_fields_is_refused():
 def test_the_paper_cnn_forward_pass_is_the_one_written_out(shared, training):
     """Default options: conv (zero padding 1) → average pool → tanh → LayerNorm, twice, then the head
     (float32, 2 seeds, with biases; one input shown to both seeds, or one per seed). A conv and its
-    average pooling are one conv of the pooled filter at stride 2 (``layers.conv_pool``): conv1 always,
+    average pooling are one conv of the pooled filter at stride 2 (``conv.conv_pool``): conv1 always,
     conv2 where no gradient is taken (the evaluation). Equal to conv then avg_pool2d to float32 round-off
     (measured ≤ 1.6e-7 relative; bound 1e-5), and bit for bit the written-out ops of each path."""
     model = model_of("paper_cnn", "model.bias=true", constrain=False, dtype=torch.float32, seeds=2, sigma=1e-2)

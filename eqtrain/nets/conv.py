@@ -1,0 +1,110 @@
+"""A block's convolution and its pooling, on the seed-stacked maps of ``cnn.block_outputs`` (B, N·C, H, W),
+computed the cheapest way measured (docs/performance.md, "The input layer of an ensemble").
+
+``conv_pool`` is ``F.conv2d`` then ``layers.pool`` however it computes them — the pooling taken into the
+filter, a seed-grouped conv as one batched matmul over patches — the same sums in another order, equal
+to float round-off (tests/unit/test_conv_pool.py). So it commutes with G wherever conv then pool does
+(SPEC §1, §9, §11). The rules were measured on the CPU with oneDNN; on a GPU (not measured: no device
+was lent) every conv is ``F.conv2d`` then the pooling, as before.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .layers import pool
+
+# With autograd, a conv reading fewer channels (per seed) than this takes in its average pooling: forward
+# and backward for 30 seeds, 1 channel 8.1 -> 2.0 ms, 16 channels 5.4 -> 6.6 ms (oneDNN's 4x4 stride-2
+# backward loses there). Without autograd every conv does (its forward wins at every width).
+POOL_IN_FILTER_BELOW = 4
+# A conv grouped by seed on fewer channels per seed than this is patches times the filters in one batched
+# matmul: oneDNN's grouped kernels are 2-5x slower on 1-3 channels per group and faster from 4 on.
+PATCHES_BELOW = 4
+
+
+def conv_pool(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    pad: int,
+    groups: int,
+    p: int,
+    kind: str,
+) -> torch.Tensor:
+    """``F.conv2d(h, weight, bias, stride, pad, groups=groups)`` of seed-stacked maps h (B, N·C, H, W), then
+    p×p pooling of kind ``kind``.
+
+    - A conv of stride 1 followed by average pooling is one conv of stride p with the filter
+      w ⊛ box_p / p² (``pooled_filter``): the mean over a window of conv outputs is linear in them, so
+      it is a (k+p−1)² filter at the pooled pixels alone, and the full-size map (4x the pooled one for
+      p = 2) is never made. Taken where it pays (``pool_in_filter``).
+    - With groups = N > 1 and C < ``PATCHES_BELOW`` (an ensemble's input layer: 1 channel for digits, 3
+      for CIFAR-10) the conv is ``_conv_by_patches``; otherwise oneDNN's grouped conv.
+    """
+    on_cpu = h.device.type == "cpu"
+    differentiated = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    if on_cpu and pool_in_filter(weight.shape[1], stride, p, kind, differentiated):
+        return _conv(h, pooled_filter(weight, p), bias, p, pad, groups)
+    h = _conv(h, weight, bias, stride, pad, groups)
+    return pool(h, p, kind) if p > 1 else h
+
+
+def pool_in_filter(channels: int, stride: int, p: int, kind: str, differentiated: bool = True) -> bool:
+    """Whether ``conv_pool`` (on the CPU) takes the pooling into the filter: a conv of stride 1, then p×p
+    average pooling (p > 1), reading fewer than ``POOL_IN_FILTER_BELOW`` channels (per seed) or not
+    ``differentiated`` (the evaluation)."""
+    return kind == "avg" and p > 1 and stride == 1 and (channels < POOL_IN_FILTER_BELOW or not differentiated)
+
+
+def pooled_filter(weight: torch.Tensor, p: int) -> torch.Tensor:
+    """(O, C, k, k) → (O, C, k+p−1, k+p−1): the filter of a k×k conv followed by p×p average pooling, the
+    full convolution of each k×k filter with a p×p box, divided by p²: one small matmul with a 0/1 matrix
+    (for 30 seeds' filters 0.13 ms forward and backward, against 0.6-0.9 ms as a conv with the box)."""
+    o, c, k, _ = weight.shape
+    spread = _box_spread(k, p, weight.dtype, weight.device)
+    return (weight.reshape(o * c, k * k) @ spread).view(o, c, k + p - 1, k + p - 1) / (p * p)
+
+
+@functools.cache
+def _box_spread(k: int, p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(k², (k+p−1)²) of 0 and 1: entry (i, j), (r, s) is 1 where 0 ≤ r − i < p and 0 ≤ s − j < p.
+
+    Made outside inference mode whatever the caller's mode: a cached inference tensor could never be
+    saved for a later backward pass."""
+    m = k + p - 1
+    with torch.inference_mode(False):
+        spread = torch.zeros(k, k, m, m, dtype=dtype, device=device)
+        for a in range(p):
+            for b in range(p):
+                spread[:, :, a : a + k, b : b + k] += torch.eye(k * k, dtype=dtype, device=device).view(k, k, k, k)
+    return spread.view(k * k, m * m)
+
+
+def _conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, groups: int):
+    if groups == 1 or weight.shape[1] >= PATCHES_BELOW or h.device.type != "cpu":
+        return F.conv2d(h, weight, bias, stride, pad, groups=groups)
+    return _conv_by_patches(h, weight, bias, stride, pad, groups)
+
+
+def _conv_by_patches(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, groups: int
+) -> torch.Tensor:
+    """The grouped convolution as one batched matmul: every group's (out, C·k²) filters times the
+    (C·k², pixels) patches of each image, which are k² strided views of the padded map stacked (C·k² rows
+    per group, k² times the input: small only when C is). The output comes out in the group-major
+    (seed-major) layout of the maps."""
+    b, _, height, width = h.shape
+    out, c, k, _ = weight.shape
+    if pad:
+        h = F.pad(h, (pad, pad, pad, pad))
+    ho, wo = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
+    span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    views = [h[:, :, i : i + span_h : stride, j : j + span_w : stride] for i in range(k) for j in range(k)]
+    patches = torch.stack(views, 2).view(b, groups, c * k * k, ho * wo)  # rows in the filters' (channel, i, j) order
+    y = torch.matmul(weight.reshape(groups, out // groups, c * k * k), patches).view(b, out, ho, wo)
+    return y if bias is None else y + bias[:, None, None]
