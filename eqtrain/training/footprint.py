@@ -23,10 +23,11 @@ from .metrics import EVAL_BYTES
 from .settings import ConfigError, Settings
 from .steplog import HOLD_ENTRIES
 
-# Fitted to the peak RSS of paper-CNN runs above the 1-seed run (docs/design.md, "Memory model"):
+# Fitted to the peak RSS of paper-CNN runs above the 1-seed run, checked on P4CNN, Z2CNN and the G-CNN
+# (docs/design.md, "Memory model"):
 WEIGHT_COPIES = 3  # in the run's dtype, per weight entry, at the step's peak
 PERP_BYTES = 8  # Π_{E⊥}A in float64, per weight entry
-ACTIVATION_COPIES = 2.4  # per activation of a conv block (conv output and pooled map), forward and backward
+ACTIVATION_COPIES = 2.4  # per activation of a conv block (conv output as computed, pooled map), fwd and bwd
 EVAL_COPIES = 2  # chunks of the widest activation alive at once
 
 
