@@ -120,14 +120,19 @@ def test_gcnn_trains_in_a_random_basis_of_l(run_train):
     assert all(w[..., [0, 2, 6, 8]].abs().max() == 0 for w in run.weights()[:-1])  # in L: off the cross is 0
 
 
-def executed_over_plain() -> float:
-    """The paper CNN's FLOPs as eqtrain executes them over those of a plain CNN (checked in the next tests)."""
-    from eqtrain.cli.bench import forward_flops
+def paper_cnn():
     from eqtrain.geometry.group import Group
     from eqtrain.nets.cnn import build_model
     from eqtrain.schema import ModelConfig
 
-    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
+    return build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
+
+
+def executed_over_plain() -> float:
+    """The paper CNN's FLOPs as eqtrain executes them over those of a plain CNN (checked in the next test)."""
+    from eqtrain.cli.bench import forward_flops
+
+    model = paper_cnn()
     return forward_flops(model, executed=True) / forward_flops(model)
 
 
@@ -150,11 +155,8 @@ def test_the_paper_cnn_costs_its_known_flops():
     """conv1 1→16 and conv2 16→16 (3x3) on 28x28 and 14x14, head 784→10: 1.14 MFLOP per image (SPEC §8);
     1.02 as executed."""
     from eqtrain.cli.bench import forward_flops
-    from eqtrain.geometry.group import Group
-    from eqtrain.nets.cnn import build_model
-    from eqtrain.schema import ModelConfig
 
-    model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
+    model = paper_cnn()
     assert forward_flops(model) == 2 * (16 * 1 * 9 * 28 * 28 + 16 * 16 * 9 * 14 * 14 + 10 * 784)
     # as executed: conv1 and its 2x2 average pooling are one 4x4 conv at the 14x14 pooled pixels
     assert forward_flops(model, executed=True) == 2 * (16 * 1 * 16 * 14 * 14 + 16 * 16 * 9 * 14 * 14 + 10 * 784)
