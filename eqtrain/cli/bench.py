@@ -122,7 +122,7 @@ def make_eqtrain(
         if augmenter is not None:
             x, y = augmenter.per_seed(x, y, gens)
         result = sgd_step(model, x, y, 1e-3, gamma, 1.0, running)
-        log.add(i, result.loss, result.weights, gamma, diverged)
+        log.add(i, result.loss, result.weights, gamma, diverged, perp=result.perp)
 
     return step, (log, loggers)
 

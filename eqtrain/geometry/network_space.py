@@ -118,14 +118,16 @@ class NetworkSpace(nn.Module):
         perp = self.perp_flat(self.flatten(weights)).to(weights[0].dtype)
         return self.unflatten(perp, weights)
 
-    def distances_flat(self, flat: torch.Tensor) -> Distances:
+    def distances_flat(self, flat: torch.Tensor, perp: torch.Tensor | None = None) -> Distances:
         """The ``Distances`` of flat weights A (R, P), one row per seed (or per seed and step).
 
         Every row is reduced on its own, in pieces short enough for one thread, so a row's
         distances do not depend on the other rows: a step's log is the same computed alone or with
-        others (a resumed run's curves equal an uninterrupted run's bit for bit).
+        others (a resumed run's curves equal an uninterrupted run's bit for bit). ``perp`` is
+        ``perp_flat(flat)`` where the caller has it already (the regularized step): the same numbers,
+        not computed twice.
         """
-        perp = self.perp_flat(flat)
+        perp = self.perp_flat(flat) if perp is None else perp
         layers = torch.stack([_row_norms(part) for part in perp.split(self.sizes, dim=-1)], dim=-1)
         total = torch.linalg.vector_norm(layers, dim=-1, keepdim=True)
         norm_a = _row_norms(flat).to(total.dtype)[:, None]

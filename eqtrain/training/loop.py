@@ -96,7 +96,7 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
             sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.running))
         if state.step % cfg.log_every == 0:
             extra = None if twin_dist is None else twin_dist[:, None]
-            recorder.steps.add(state.step, result.loss, result.weights, gamma_t, state.diverged, extra)
+            recorder.steps.add(state.step, result.loss, result.weights, gamma_t, state.diverged, extra, result.perp)
             progress.update(state.step, result.loss, lambda: state.model.distances().total)
         state.after_step(result.running)
         state.position += used

@@ -8,7 +8,8 @@ added analytically, ∇Γ(A) = Π_{E⊥}A pulled back to the parameters.
 Everything after the backward pass acts on whole (N, ·) tensors, whatever the number of layers:
 the flat weights A and Π_{E⊥}A (``NetworkSpace``), and the flat parameters (``EqCNN.flat``, of
 which every parameter is a view). The step returns A_t, the weights it started from; their
-distances to E are measured by the per-step log (``steplog``), in batches of steps. A seed whose
+distances to E are measured by the per-step log (``steplog``), in batches of steps; where the step
+computed Π_{E⊥}A_t for the regularizer (γ_t > 0) it hands that over too. A seed whose
 loss or updated parameters are not finite is frozen at its last finite state (its update masked
 on the device, no host sync) while the others go on; ``running`` says which seeds still train.
 """
@@ -28,6 +29,7 @@ class StepResult:
     loss: torch.Tensor  # (N,): each seed's data loss R on its batch, at A_t
     weights: torch.Tensor  # (N, P): A_t, every layer's entries flat (``NetworkSpace.flatten``), a copy
     running: torch.Tensor  # (N,) bool: the seeds that took the step
+    perp: torch.Tensor | None = None  # (N, P) float64: Π_{E⊥}A_t where the step computed it (γ_t > 0), else None
 
 
 def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -53,12 +55,14 @@ def sgd_step(
     with torch.no_grad():
         a = model.space.flatten(weights)  # A_t, a copy: θ is updated in place below
         grad = model.flat_grad()
+        perp = None
         if gamma_t:  # ∇(γ_tΓ) = γ_t Π_{E⊥}A, pulled back to θ (SPEC §4)
-            pulled = model.pull_back(model.space.perp_flat(a).to(grad.dtype))
+            perp = model.space.perp_flat(a)
+            pulled = model.pull_back(perp.to(grad.dtype))
             grad[:, : pulled.shape[1]].add_(pulled, alpha=gamma_t)
         new = model.flat.add(grad, alpha=-lr)
         # A sum is finite only if every term is: one number per seed checks its loss and its update.
         check = new.sum(1) + loss
         running = running & (check - check == 0)  # x − x is 0 for finite x, NaN otherwise (2 kernels; isfinite: 5)
         torch.where(running[:, None], new, model.flat, out=model.flat)
-    return StepResult(loss.detach(), a, running)
+    return StepResult(loss.detach(), a, running, perp)

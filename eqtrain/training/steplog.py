@@ -3,7 +3,8 @@
 A step's loss is known when the step ends; its distances to E (‖Π_{E⊥}A_i‖ per layer, in
 float64) are a dozen small kernels, which cost more than the rest of the step's bookkeeping
 together when run one step at a time (docs/design.md). So the step hands over A_t (one flat copy)
-and the log holds the steps it is given; when they reach ``HOLD_ENTRIES`` weight entries, and
+and the log holds the steps it is given (a step that hands over Π_{E⊥}A_t too, computed for the
+regularizer, is measured at once from it: norms only); when they reach ``HOLD_ENTRIES`` weight entries, and
 whenever the curves must be on disk or in order (before an evaluation is logged, at a phase
 switch, a stop signal or the end), it measures all the held steps as one batch and writes their
 rows.
@@ -36,6 +37,7 @@ class HeldStep:
     gamma: float
     diverged: tuple[bool, ...]  # per seed: not logged (it diverged earlier)
     extra: torch.Tensor | None  # (N, k): more scalars after the SPEC §7 ones (the twin distance)
+    distances: torch.Tensor | None  # (N, layers + 2): d(A_t) if measured at ``add``, else None (at ``flush``)
 
 
 class StepLog:
@@ -55,9 +57,12 @@ class StepLog:
         gamma: float,
         diverged: Sequence[bool],
         extra: torch.Tensor | None = None,
+        perp: torch.Tensor | None = None,
     ) -> None:
-        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t and the extra scalars."""
-        self._held.append(HeldStep(step, time.time(), loss, weights, gamma, tuple(diverged), extra))
+        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t and the extra scalars; with
+        ``perp`` (Π_{E⊥}A_t, ``StepResult.perp``) its distances are measured now, from it."""
+        distances = None if perp is None else self.space.distances_flat(weights, perp).values
+        self._held.append(HeldStep(step, time.time(), loss, weights, gamma, tuple(diverged), extra, distances))
         if len(self._held) * weights.numel() >= HOLD_ENTRIES:
             self.flush()
 
@@ -68,15 +73,18 @@ class StepLog:
         held, self._held = self._held, []
         k, n = len(held), held[0].loss.shape[0]
         with torch.no_grad():
-            flat = torch.cat([h.weights for h in held])  # (k·N, P)
-            dist = self.space.distances_flat(flat).values.view(k, n, -1)
+            unmeasured = [h.weights for h in held if h.distances is None]
+            measured = iter(self.space.distances_flat(torch.cat(unmeasured)).values.split(n) if unmeasured else ())
+            dist = torch.stack([next(measured) if h.distances is None else h.distances for h in held])  # (k, N, ·)
             loss = torch.stack([h.loss for h in held])
             gamma = torch.tensor([h.gamma for h in held], dtype=torch.float64, device=loss.device)[:, None]
             rows = step_rows(loss, dist, gamma, self.data_scale)  # (k, N, tags)
             if held[0].extra is not None:
                 rows = torch.cat([rows, torch.stack([h.extra for h in held]).to(rows.dtype)], dim=-1)
-        for seed, logger in enumerate(self.loggers):
+        steps, times = [h.step for h in held], [h.time for h in held]
+        for seed, (logger, seed_rows) in enumerate(zip(self.loggers, rows.unbind(1), strict=True)):
             live = [i for i, h in enumerate(held) if not h.diverged[seed]]
-            if live:
-                steps, times = [held[i].step for i in live], [held[i].time for i in live]
-                logger.log_rows(steps, times, self.tags, rows[live, seed])
+            if len(live) == k:  # (the common case: a view, no copy)
+                logger.log_rows(steps, times, self.tags, seed_rows)
+            elif live:
+                logger.log_rows([steps[i] for i in live], [times[i] for i in live], self.tags, seed_rows[live])

@@ -97,23 +97,26 @@ def split(model):
 
 
 def test_the_step_log_writes_the_same_rows_however_it_batches(tmp_path):
-    """Rows measured one step at a time and in one batch are identical; they are the SPEC §7 scalars
-    of each step's A_t (d as ``model.distances`` gives it) and skip a seed once it stopped."""
+    """Rows measured one step at a time, in one batch, or at once from the Π_{E⊥}A_t that a regularized
+    step hands over (``StepResult.perp``) are identical; they are the SPEC §7 scalars of each step's A_t
+    (d as ``model.distances`` gives it) and skip a seed once it stopped."""
     model = model_of("model=paper_cnn", dtype=torch.float32, seeds=2)
     steps = [(model.space.flatten(random_weights(model, s)), torch.rand(2), 0.1 * s) for s in range(4)]
     stopped = [(False, False), (False, False), (False, True), (False, True)]
     logs = {}
-    for name, flush_each in (("alone", True), ("batch", False)):
+    for name, flush_each, perp_given in (("alone", True, ()), ("batch", False, ()), ("perp", False, (1, 3))):
         loggers = [RecordingLogger(tmp_path / f"{name}{k}") for k in range(2)]
         log = StepLog(model.space, loggers, step_tags(model.layer_names), 1.0)
         for i, ((a, loss, gamma), dead) in enumerate(zip(steps, stopped)):
-            log.add(i, loss, a, gamma, dead)
+            log.add(i, loss, a, gamma, dead, perp=model.space.perp_flat(a) if i in perp_given else None)
             if flush_each:
                 log.flush()
         log.flush()
         logs[name] = loggers
-    for alone, batch in zip(logs["alone"], logs["batch"]):
-        assert alone.steps == batch.steps and torch.equal(torch.cat(alone.rows), torch.cat(batch.rows))
+    for alone, batch, perp in zip(logs["alone"], logs["batch"], logs["perp"]):
+        assert alone.steps == batch.steps == perp.steps
+        assert torch.equal(torch.cat(alone.rows), torch.cat(batch.rows))
+        assert torch.equal(torch.cat(alone.rows), torch.cat(perp.rows))
     assert logs["batch"][0].steps == [0, 1, 2, 3] and logs["batch"][1].steps == [0, 1]
     tags = step_tags(model.layer_names)
     row = torch.cat(logs["batch"][0].rows)[3]
