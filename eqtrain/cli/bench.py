@@ -135,7 +135,7 @@ def forward_flops(model: EqCNN, executed: bool = False) -> int:
     arch, flops = model.arch, 0
     for m, ((h, w), (ph, pw)), s, p in zip(model.maps, arch.blocks(), arch.stride, arch.pool):
         out, inputs = m.channels
-        if executed and pool_in_filter(inputs, s, p, arch.pool_kind):
+        if executed and pool_in_filter(s, p, arch.pool_kind):
             flops += 2 * out * inputs * (arch.kernel_size + p - 1) ** 2 * ph * pw
         else:
             flops += 2 * out * inputs * arch.kernel_size**2 * h * w

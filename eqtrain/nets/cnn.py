@@ -362,10 +362,10 @@ class EqCNN(nn.Module):
 
     def activation_sizes(self) -> list[int]:
         """Numbers of one image's activations per conv block of one seed: the conv output, then the pooled map.
-        (Where the pooling is taken into the filter, ``conv.conv_pool``, the conv's output is the pooled map.)"""
+        (Where the pooling is taken into the filter, ``conv.conv_pool`` on the CPU, the conv's output is the pooled map.)"""
         sizes, arch = [], self.arch
         for m, ((h, w), (ph, pw)), s, p in zip(self.maps[:-1], arch.blocks(), arch.stride, arch.pool):
-            conv = (ph, pw) if pool_in_filter(m.channels[1], s, p, arch.pool_kind) else (h, w)
+            conv = (ph, pw) if pool_in_filter(s, p, arch.pool_kind) else (h, w)
             sizes += [m.channels[0] * conv[0] * conv[1], m.channels[0] * ph * pw]
         return sizes
 

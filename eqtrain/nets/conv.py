@@ -17,10 +17,6 @@ import torch.nn.functional as F
 
 from .layers import pool
 
-# With autograd, a conv reading fewer channels (per seed) than this takes in its average pooling: forward
-# and backward for 30 seeds, 1 channel 8.1 -> 2.0 ms, 16 channels 5.4 -> 6.6 ms (oneDNN's 4x4 stride-2
-# backward loses there). Without autograd every conv does (its forward wins at every width).
-POOL_IN_FILTER_BELOW = 4
 # A conv grouped by seed on fewer channels per seed than this is patches times the filters in one batched
 # matmul: oneDNN's grouped kernels are 2-5x slower on 1-3 channels per group and faster from 4 on.
 PATCHES_BELOW = 4
@@ -42,23 +38,21 @@ def conv_pool(
     - A conv of stride 1 followed by average pooling is one conv of stride p with the filter
       w ⊛ box_p / p² (``pooled_filter``): the mean over a window of conv outputs is linear in them, so
       it is a (k+p−1)² filter at the pooled pixels alone, and the full-size map (4x the pooled one for
-      p = 2) is never made. Taken where it pays (``pool_in_filter``).
+      p = 2) is never made, forward or backward (``pool_in_filter``: on the CPU, where it was measured
+      faster at every width, docs/performance.md).
     - With groups = N > 1 and C < ``PATCHES_BELOW`` (an ensemble's input layer: 1 channel for digits, 3
       for CIFAR-10) the conv is ``_conv_by_patches``; otherwise oneDNN's grouped conv.
     """
-    on_cpu = h.device.type == "cpu"
-    differentiated = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    if on_cpu and pool_in_filter(weight.shape[1], stride, p, kind, differentiated):
+    if h.device.type == "cpu" and pool_in_filter(stride, p, kind):
         return _conv(h, pooled_filter(weight, p), bias, p, pad, groups)
     h = _conv(h, weight, bias, stride, pad, groups)
     return pool(h, p, kind) if p > 1 else h
 
 
-def pool_in_filter(channels: int, stride: int, p: int, kind: str, differentiated: bool = True) -> bool:
+def pool_in_filter(stride: int, p: int, kind: str) -> bool:
     """Whether ``conv_pool`` (on the CPU) takes the pooling into the filter: a conv of stride 1, then p×p
-    average pooling (p > 1), reading fewer than ``POOL_IN_FILTER_BELOW`` channels (per seed) or not
-    ``differentiated`` (the evaluation)."""
-    return kind == "avg" and p > 1 and stride == 1 and (channels < POOL_IN_FILTER_BELOW or not differentiated)
+    average pooling (p > 1)."""
+    return kind == "avg" and p > 1 and stride == 1
 
 
 def pooled_filter(weight: torch.Tensor, p: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """A block's convolution and pooling (``conv.conv_pool``): the same function as conv then pool however
-it is computed — average pooling taken into the filter (``pooled_filter``) for few input channels or
-without a gradient, an ensemble's few-channel conv by patches and one batched matmul — to float
+it is computed — average pooling taken into the filter (``pooled_filter``), an ensemble's few-channel
+conv by patches and one batched matmul — to float
 round-off, forward, backward and second derivative (docs/performance.md, "The input layer of an
 ensemble")."""
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from eqtrain.nets import conv
-from eqtrain.nets.conv import PATCHES_BELOW, POOL_IN_FILTER_BELOW, conv_pool, pooled_filter
+from eqtrain.nets.conv import PATCHES_BELOW, conv_pool, pooled_filter
 
 # Relative to the largest entry. float32 measured <= 2.5e-6 over these cases, 3 seeds, 1 and 2 threads.
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -33,7 +33,7 @@ def counting(monkeypatch, name: str) -> list[int]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("groups", [1, 3])
-@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("channels", [1, 3, 4, 16])
 @pytest.mark.parametrize("p,kind", [(1, "avg"), (2, "avg"), (3, "avg"), (2, "max")])
 @pytest.mark.parametrize("stride,pad,size", [(1, 1, (15, 13)), (1, 0, (14, 14)), (2, 1, (15, 15))])
 def test_conv_then_pool_however_computed_equals_the_plain_ops(
@@ -45,7 +45,7 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
     weight = torch.randn(groups * 5, channels, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
     bias = torch.randn(groups * 5, generator=gen, dtype=dtype, requires_grad=True)
     ours, ref = (f(h, weight, bias, stride, pad, groups, p, kind) for f in (conv_pool, plain))
-    pooled = channels < POOL_IN_FILTER_BELOW and kind == "avg" and p > 1 and stride == 1
+    pooled = kind == "avg" and p > 1 and stride == 1
     assert len(fused) == pooled  # the routing rules, really taken
     assert len(patched) == (channels < PATCHES_BELOW and groups > 1)
     assert close(ours, ref, dtype)
@@ -58,10 +58,9 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
 @pytest.mark.parametrize("channels", [1, 4, 16])
 @pytest.mark.parametrize("p", [2, 3])
 @pytest.mark.parametrize("k", [3, 5])
-def test_without_a_gradient_every_average_pooling_goes_into_the_filter(monkeypatch, dtype, channels, p, k):
-    """The evaluation (no gradient): the pooled filter at any width and kernel size, the same numbers to
-    round-off (and under inference mode, after which training still works: the cached 0/1 matrix is
-    an ordinary tensor)."""
+def test_under_inference_mode_every_average_pooling_goes_into_the_filter(monkeypatch, dtype, channels, p, k):
+    """The evaluation (inference mode): the pooled filter at any width and kernel size, the same numbers to
+    round-off, and training still works afterwards (the cached 0/1 matrix is an ordinary tensor)."""
     fused = counting(monkeypatch, "pooled_filter")
     conv._box_spread.cache_clear()
     gen = torch.Generator().manual_seed(3)
