@@ -102,8 +102,8 @@ class AugmentedRisk:
 
     @torch.no_grad()
     def loss(self, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """R^aug(A), computed without a gradient: its forward passes take the evaluation's pooled filters
-        (``nets.conv``), equal to the differentiated ones of ``gradient`` to float round-off."""
+        """R^aug(A), computed without a gradient: the same forward passes as ``gradient``'s (``nets.conv``
+        routes a conv alike with and without one)."""
         weights = self.point if weights is None else weights
         return sum(w * self._chunk_loss(weights, x, y) for x, y, w in self._chunks())
 
