@@ -20,6 +20,11 @@ from .layers import pool
 # A conv grouped by seed on fewer channels per seed than this is patches times the filters in one batched
 # matmul: oneDNN's grouped kernels are 2-5x slower on 1-3 channels per group and faster from 4 on.
 PATCHES_BELOW = 4
+# A plain conv (groups = 1) on so few channels is patches times the filters too where it has at least this
+# many filters — the evaluation's input shown to every seed, all N·C filters at once (one 28x28 channel,
+# 4x4 stride 2, 22 images: 64 filters 1.29x oneDNN's time, 128 0.88x, 480 0.66x); a single seed's 16
+# filters stay on oneDNN (patches 1.8-2.8x slower there).
+PATCHES_PLAIN_FROM = 128
 
 
 def conv_pool(
@@ -40,8 +45,9 @@ def conv_pool(
       it is a (k+p−1)² filter at the pooled pixels alone, and the full-size map (4x the pooled one for
       p = 2) is never made, forward or backward (``pool_in_filter``: on the CPU, where it was measured
       faster at every width, docs/performance.md).
-    - With groups = N > 1 and C < ``PATCHES_BELOW`` (an ensemble's input layer: 1 channel for digits, 3
-      for CIFAR-10) the conv is ``_conv_by_patches``; otherwise oneDNN's grouped conv.
+    - With C < ``PATCHES_BELOW`` channels per group and groups = N > 1 (an ensemble's input layer: 1
+      channel for digits, 3 for CIFAR-10) or ≥ ``PATCHES_PLAIN_FROM`` filters (the evaluation's shared
+      input) the conv is ``_conv_by_patches``; otherwise oneDNN's.
     """
     if h.device.type == "cpu" and pool_in_filter(stride, p, kind):
         return _conv(h, pooled_filter(weight, p), bias, p, pad, groups)
@@ -80,9 +86,10 @@ def _box_spread(k: int, p: int, dtype: torch.dtype, device: torch.device) -> tor
 
 
 def _conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, pad: int, groups: int):
-    if groups == 1 or weight.shape[1] >= PATCHES_BELOW or h.device.type != "cpu":
-        return F.conv2d(h, weight, bias, stride, pad, groups=groups)
-    return _conv_by_patches(h, weight, bias, stride, pad, groups)
+    few_channels = weight.shape[1] < PATCHES_BELOW and h.device.type == "cpu"
+    if few_channels and (groups > 1 or weight.shape[0] >= PATCHES_PLAIN_FROM):
+        return _conv_by_patches(h, weight, bias, stride, pad, groups)
+    return F.conv2d(h, weight, bias, stride, pad, groups=groups)
 
 
 def _conv_by_patches(

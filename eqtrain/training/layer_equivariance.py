@@ -59,13 +59,15 @@ def layer_errors(
     return dict(zip(layer_tags(model.layer_names[:-1]), sums / (len(x) * group.order)))
 
 
-def channel_perms(arch, group: Group, device) -> list[torch.Tensor]:
-    """ρ_l(g) on the channels of every hidden layer: (|G|, C_l) gathers (SPEC §9)."""
-    return [t.permutations().to(device) for t in arch.field_types(group)[1:-1]]
+def channel_perms(arch, group: Group, device) -> list[torch.Tensor | None]:
+    """ρ_l(g) on the channels of every hidden layer: (|G|, C_l) gathers (SPEC §9), or None where no g moves a
+    channel (trivial fields: the gather would only copy the map)."""
+    perms = [t.permutations().to(device) for t in arch.field_types(group)[1:-1]]
+    return [None if bool((p == torch.arange(p.shape[1], device=device)).all()) else p for p in perms]
 
 
 def error_sums(
-    group: Group, base: Sequence[torch.Tensor], moved, elements: torch.Tensor, perms: Sequence[torch.Tensor]
+    group: Group, base: Sequence[torch.Tensor], moved, elements: torch.Tensor, perms: Sequence[torch.Tensor | None]
 ) -> torch.Tensor:
     """(layers, N) float64: Σ over a chunk's images j of ‖φ_l(g_j·x_j) − ρ_l(g_j)·φ_l(x_j)‖ / ‖φ_l(x_j)‖.
 

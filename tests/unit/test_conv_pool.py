@@ -75,13 +75,32 @@ def test_under_inference_mode_every_average_pooling_goes_into_the_filter(monkeyp
     assert close(grad, torch.autograd.grad(plain(h, weight, None, 1, k // 2, 2, p, "avg").sum(), weight)[0], dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_plain_conv_with_many_filters_on_few_channels_is_patches_too(monkeypatch, dtype, channels):
+    """The evaluation's input shown to every seed: one plain conv with all N·C filters, patches and a matmul
+    from ``PATCHES_PLAIN_FROM`` filters on (one fewer: oneDNN), the same numbers to round-off."""
+    patched = counting(monkeypatch, "_conv_by_patches")
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(5, channels, 15, 13, generator=gen, dtype=dtype, requires_grad=True)
+    weight = torch.randn(conv.PATCHES_PLAIN_FROM, channels, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
+    for filters, routed in ((weight, 1), (weight[:-1], 1)):
+        ours, ref = conv_pool(h, filters, None, 1, 1, 1, 2, "avg"), plain(h, filters, None, 1, 1, 1, 2, "avg")
+        assert len(patched) == routed and close(ours, ref, dtype)
+        g = torch.randn(ref.shape, generator=gen, dtype=dtype)
+        for a, b in zip(torch.autograd.grad(ours, (h, weight), g), torch.autograd.grad(ref, (h, weight), g)):
+            assert close(a, b, dtype)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("groups", [1, 3])
-def test_the_fused_path_is_twice_differentiable(groups):
+def test_the_fused_path_is_twice_differentiable(groups, channels):
     """eqtrain-analyze differentiates the loss twice in the weights: the Hessian-vector product of the fused
-    and patched path equals that of conv then avg_pool2d (float64, ≤1e-12 relative)."""
+    (and, on 1 channel per group, patched) path equals that of conv then avg_pool2d (float64, ≤1e-12
+    relative)."""
     gen = torch.Generator().manual_seed(1)
-    h = torch.randn(3, groups, 12, 12, generator=gen, dtype=torch.float64)
-    weight = torch.randn(groups * 4, 1, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, groups * channels, 12, 12, generator=gen, dtype=torch.float64)
+    weight = torch.randn(groups * 4, channels, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def hessian_vector(f):
         (grad,) = torch.autograd.grad(

@@ -156,6 +156,18 @@ def test_the_layer_errors_from_the_orbits_passes_equal_their_definition(model):
         assert values.min() > 1e-3  # off E: the comparison has teeth
 
 
+def test_channels_are_permuted_only_where_a_layer_has_regular_fields():
+    """ρ_l(g) on channels (SPEC §9): none on trivial fields (no gather is made), the regular permutation of
+    each field's |G| channels on regular ones."""
+    from eqtrain.training.layer_equivariance import channel_perms
+
+    group = Group.from_name("c4")
+    assert channel_perms(ensemble(1).arch, group, "cpu") == [None, None]
+    perms = channel_perms(ensemble(1, fibers="regular", channels=[4, 4]).arch, group, "cpu")
+    assert len(perms) == 2 and all(p.shape == (4, 16) for p in perms)
+    assert torch.equal(perms[0][0], torch.arange(16)) and not torch.equal(perms[0][1], torch.arange(16))
+
+
 def test_a_batch_norm_is_evaluated_in_chunks_of_the_training_batch():
     """Batch statistics (nets/layers.py) come from as many images as a training step sees: chunks of
     ``batch_norm_chunk``, whatever the memory budget would allow."""
