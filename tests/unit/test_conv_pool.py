@@ -1,6 +1,6 @@
 """A block's convolution and pooling (``conv.conv_pool``): the same function as conv then pool however
 it is computed — average pooling taken into the filter (``pooled_filter``), an ensemble's few-channel
-conv by patches and one batched matmul — to float
+conv by patches and one batched matmul, a conv before max pooling on channels-last maps — to float
 round-off, forward, backward and second derivative (docs/performance.md, "The input layer of an
 ensemble")."""
 
@@ -40,6 +40,7 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
     monkeypatch, dtype, groups, channels, p, kind, stride, pad, size
 ):
     fused, patched = counting(monkeypatch, "pooled_filter"), counting(monkeypatch, "_conv_by_patches")
+    channels_last = counting(monkeypatch, "_conv_max_pool_channels_last")
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(4, groups * channels, *size, generator=gen, dtype=dtype, requires_grad=True)
     weight = torch.randn(groups * 5, channels, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
@@ -48,6 +49,7 @@ def test_conv_then_pool_however_computed_equals_the_plain_ops(
     pooled = kind == "avg" and p > 1 and stride == 1
     assert len(fused) == pooled  # the routing rules, really taken
     assert len(patched) == (channels < PATCHES_BELOW and groups > 1)
+    assert len(channels_last) == (kind == "max" and p > 1 and not patched)
     assert close(ours, ref, dtype)
     g = torch.randn(ref.shape, generator=gen, dtype=dtype)
     for a, b in zip(torch.autograd.grad(ours, (h, weight, bias), g), torch.autograd.grad(ref, (h, weight, bias), g)):
@@ -92,20 +94,19 @@ def test_a_plain_conv_with_many_filters_on_few_channels_is_patches_too(monkeypat
             assert close(a, b, dtype)
 
 
+@pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("groups", [1, 3])
-def test_the_fused_path_is_twice_differentiable(groups, channels):
-    """eqtrain-analyze differentiates the loss twice in the weights: the Hessian-vector product of the fused
-    (and, on 1 channel per group, patched) path equals that of conv then avg_pool2d (float64, ≤1e-12
-    relative)."""
+def test_every_path_is_twice_differentiable(groups, channels, kind):
+    """eqtrain-analyze differentiates the loss twice in the weights: the Hessian-vector product of every
+    path (the pooled filter, patches on 1 channel per group, channels-last before max pooling) equals that
+    of conv then the pooling (float64, ≤1e-12 relative)."""
     gen = torch.Generator().manual_seed(1)
     h = torch.randn(3, groups * channels, 12, 12, generator=gen, dtype=torch.float64)
     weight = torch.randn(groups * 4, channels, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def hessian_vector(f):
-        (grad,) = torch.autograd.grad(
-            f(h, weight, None, 1, 1, groups, 2, "avg").tanh().sum(), weight, create_graph=True
-        )
+        (grad,) = torch.autograd.grad(f(h, weight, None, 1, 1, groups, 2, kind).tanh().sum(), weight, create_graph=True)
         return torch.autograd.grad(grad.square().sum(), weight)[0]
 
     assert close(hessian_vector(conv_pool), hessian_vector(plain), torch.float64)
