@@ -1,8 +1,10 @@
 """A block's convolution and its pooling, on the seed-stacked maps of ``cnn.block_outputs`` (B, N·C, H, W),
-computed the cheapest way measured (docs/performance.md, "The input layer of an ensemble").
+computed the cheapest way measured (docs/performance.md, "The input layer of an ensemble" and "Every
+average pooling in the filter").
 
 ``conv_pool`` is ``F.conv2d`` then ``layers.pool`` however it computes them — the pooling taken into the
-filter, a seed-grouped conv as one batched matmul over patches — the same sums in another order, equal
+filter, a seed-grouped conv as one batched matmul over patches, a conv and its max pooling on
+channels-last maps — the same sums in another order or layout, equal
 to float round-off (tests/unit/test_conv_pool.py). So it commutes with G wherever conv then pool does
 (SPEC §1, §9, §11). The rules were measured on the CPU with oneDNN; on a GPU (not measured: no device
 was lent) every conv is ``F.conv2d`` then the pooling, as before.
