@@ -38,7 +38,7 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     overrides = list(overrides)
     problem = precheck(overrides)
     if problem is None and any(o.startswith(("-", "hydra.", "hydra/")) for o in overrides):
-        problem = "flags and hydra.* overrides are the command line's; pass config keys only (and run_dir=...)"
+        problem = "flags and hydra.* overrides are the command line's; pass config keys only (the run directory is the run_dir argument)"
     if problem:
         raise ConfigError(problem)
     from hydra import compose, initialize_config_module
