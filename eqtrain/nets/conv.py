@@ -110,8 +110,8 @@ def _conv_max_pool_channels_last(
     NCHW kernels reorder the full-size map in and out of their blocked layout on every pass, its NHWC
     kernels do not, and the two copies are of the input and of the pooled map (4x smaller). Each copy's
     gradient is copied back to the layout of its input (``_Layout``), so the backward runs channels-last
-    between them and NCHW around them. The P4CNN's forward and backward 0.81-0.85x, the Z2CNN's
-    0.69-0.77x (docs/performance.md)."""
+    between them and NCHW around them. The P4CNN's forward and backward 0.82-0.85x (1 to 30 seeds), the
+    Z2CNN's 0.70-0.79x (docs/performance.md)."""
     y = F.conv2d(_Layout.apply(h, torch.channels_last), weight, bias, stride, pad, groups=groups)
     return _Layout.apply(F.max_pool2d(y, p), torch.contiguous_format)
 
