@@ -239,7 +239,8 @@ def test_the_paper_cnn_forward_pass_is_the_one_written_out(shared, training):
     """Default options: conv (zero padding 1) → average pool → tanh → LayerNorm, twice, then the head
     (float32, 2 seeds, with biases; one input shown to both seeds, or one per seed). A conv and its
     average pooling are one conv of the pooled filter at stride 2 (``conv.conv_pool``), with or without a
-    gradient. Equal to conv then avg_pool2d to float32 round-off (measured ≤ 1.7e-6 relative over both
+    gradient, and LayerNorm over (H, W) is a group norm of one channel per group (``layers.layer_norm``).
+    Equal to conv then avg_pool2d then layer_norm to float32 round-off (measured ≤ 1.7e-6 relative over both
     inputs, σ 1e-2 and 1e-1, 3 seeds, 1 and 2 threads; bound 1e-5), and bit for bit the written-out ops,
     in training and in the evaluation."""
     model = model_of("paper_cnn", "model.bias=true", constrain=False, dtype=torch.float32, seeds=2, sigma=1e-2)
@@ -251,9 +252,9 @@ def test_the_paper_cnn_forward_pass_is_the_one_written_out(shared, training):
     w1, w2 = weights[0].reshape(32, 1, 3, 3), weights[1].reshape(32, 16, 3, 3)
     b1, b2, head = biases[0].reshape(-1), biases[1].reshape(-1), weights[2].detach()
 
-    def forward(first_conv, second_conv):
-        h = F.layer_norm(torch.tanh(first_conv), (14, 14))
-        h = F.layer_norm(torch.tanh(second_conv(h)), (7, 7))
+    def forward(first_conv, second_conv, norm):
+        h = norm(torch.tanh(first_conv), (14, 14))
+        h = norm(torch.tanh(second_conv(h)), (7, 7))
         return torch.bmm(h.reshape(5, 2, -1).transpose(0, 1), head.flatten(2).transpose(1, 2)) + biases[2][:, None]
 
     with torch.no_grad():
@@ -272,8 +273,8 @@ def test_the_paper_cnn_forward_pass_is_the_one_written_out(shared, training):
         def fused2(h):
             return F.conv2d(h, pooled_filter(w2, 2), b2, 2, 1, groups=2)
 
-        expected = forward(plain1, plain2)  # conv then pool, as written before P4CNN
-        ours = forward(fused1, fused2)
+        expected = forward(plain1, plain2, F.layer_norm)  # conv then pool, then LayerNorm, as written before P4CNN
+        ours = forward(fused1, fused2, lambda h, hw: F.group_norm(h, h.shape[1]))  # LayerNorm as a group norm
     with torch.set_grad_enabled(training):
         out = logits_at(model.arch, model.weights(), x, biases)
         assert out.requires_grad == training
