@@ -20,7 +20,7 @@ turns as a whole, and the identity's term, 0 exactly (the same forward pass twic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -51,7 +51,7 @@ def layer_errors(
     coupled = int(arch.norm in BATCH_NORMS)  # 1: the images of a batch share statistics, each gets its own g
     for i in range(0, len(x), chunk):
         batch = x[i : i + chunk]
-        base = [f.unflatten(1, (n, -1)) for f in block_outputs(arch, weights, batch, biases)]  # (B, N, C, H, W)
+        base = reference_maps(block_outputs(arch, weights, batch, biases), n)
         for shift in range(0 if coupled else 1, group.order):
             elements = (torch.arange(len(batch)) * coupled + shift) % group.order  # image j turned by g_j
             moved = block_outputs(arch, weights, _act_each(group, batch, elements), biases)
@@ -66,17 +66,30 @@ def channel_perms(arch, group: Group, device) -> list[torch.Tensor | None]:
     return [None if bool((p == torch.arange(p.shape[1], device=device)).all()) else p for p in perms]
 
 
+def reference_maps(maps: Iterable[torch.Tensor], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """φ_l(x) of every layer, (B, N·C, H, W) seed-stacked, as (B, N, C, H, W) with its norms ‖φ_l(x)‖ (B, N)
+    (kept above 0): what ``error_sums`` compares every g's maps with, its norms computed once for all g."""
+    out = []
+    for f in maps:
+        f = f.unflatten(1, (n, -1))
+        out.append((f, _norms(f).clamp_min(torch.finfo(f.dtype).tiny)))
+    return out
+
+
 def error_sums(
-    group: Group, base: Sequence[torch.Tensor], moved, elements: torch.Tensor, perms: Sequence[torch.Tensor | None]
+    group: Group,
+    base: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    moved,
+    elements: torch.Tensor,
+    perms: Sequence[torch.Tensor | None],
 ) -> torch.Tensor:
     """(layers, N) float64: Σ over a chunk's images j of ‖φ_l(g_j·x_j) − ρ_l(g_j)·φ_l(x_j)‖ / ‖φ_l(x_j)‖.
 
-    ``base``: φ_l(x) as (B, N, C, H, W) per layer; ``moved``: φ_l(g·x) as (B, N·C, H, W) per layer.
+    ``base``: φ_l(x) and its norms per layer (``reference_maps``); ``moved``: φ_l(g·x) as (B, N·C, H, W) per layer.
     """
     rows = []
-    for layer, (f, fg) in enumerate(zip(base, moved)):
+    for layer, ((f, norms), fg) in enumerate(zip(base, moved)):
         expected = _act_each(group, f, elements, perms[layer])  # ρ_l(g_j)·φ_l(x_j)
-        norms = _norms(f).clamp_min(torch.finfo(f.dtype).tiny)
         rows.append((_norms(fg.unflatten(1, (f.shape[1], -1)) - expected) / norms).double().sum(0))
     return torch.stack(rows)
 

@@ -11,7 +11,7 @@ from ..geometry.group import Group
 from ..geometry.network_space import distance_tags
 from ..nets.cnn import EqCNN, block_outputs, head_at, logits_at
 from ..nets.layers import BATCH_NORMS
-from .layer_equivariance import channel_perms, error_sums, layer_errors, layer_tags
+from .layer_equivariance import channel_perms, error_sums, layer_errors, layer_tags, reference_maps
 
 # What a run reports at the end, in the hparams (TensorBoard's HParams tab) and per evaluation.
 HPARAM_METRICS = (
@@ -133,7 +133,7 @@ def _orbit_sums(
             maps = list(block_outputs(arch, weights, xg, biases))
             logits.append(head_at(arch, weights, maps[-1], biases))
             if g == 0:
-                base = [f.unflatten(1, (n, -1)) for f in maps]  # φ_l(x): (B, N, C, H, W)
+                base = reference_maps(maps, n)  # φ_l(x) (B, N, C, H, W) and its norms
             else:
                 sums["layers"] += error_sums(group, base, maps, torch.full((len(y),), g), perms)
         orbit = torch.stack(logits)
