@@ -131,9 +131,9 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
     On the CPU it is ``F.group_norm`` with one group per channel: the same mean and (biased) variance over the
     same H·W numbers, the same ε, equal to float round-off (≤ 5.6e-7 relative on maps of spread ~1, tests/unit/test_layer_norm.py)
     and twice differentiable, but torch's group norm kernel is faster on these short rows: on 30 seeds'
-    maps 0.44x (14x14) and 0.69x (7x7) layer_norm's time forward, 0.90x forward and backward; a 30-seed
-    evaluation 0.80-0.88x (docs/performance.md, "LayerNorm as a group norm"). On a GPU (not measured):
-    layer_norm.
+    maps 0.44-0.65x (14x14) and 0.69x (7x7) layer_norm's time forward, 0.90x forward and backward; a
+    30-seed evaluation 0.81-0.85x; one seed's step 1-2 % slower (docs/performance.md, "LayerNorm as a
+    group norm"). On a GPU (not measured): layer_norm.
     """
     if x.device.type == "cpu":
         return F.group_norm(x, x.shape[1], eps=LN_EPS)
