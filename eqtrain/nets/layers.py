@@ -128,12 +128,12 @@ def normalize(x: torch.Tensor, norm: str, field_size: int) -> torch.Tensor:
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
     """LayerNorm over (H, W) of each channel of maps (B, C, H, W), without affine: ``F.layer_norm(x, (H, W))``.
 
-    On the CPU it is ``F.group_norm`` with one group per channel: the same mean and (biased) variance over the
-    same H·W numbers, the same ε, equal to float round-off (≤ 5.6e-7 relative on maps of spread ~1, tests/unit/test_layer_norm.py)
-    and twice differentiable, but torch's group norm kernel is faster on these short rows: on 30 seeds'
-    maps 0.44-0.65x (14x14) and 0.69x (7x7) layer_norm's time forward, 0.90x forward and backward; a
-    30-seed evaluation 0.81-0.85x; one seed's step 1-2 % slower (docs/performance.md, "LayerNorm as a
-    group norm"). On a GPU (not measured): layer_norm.
+    On the CPU it is ``F.group_norm`` with one group per channel: the same mean and (biased) variance over
+    the same H·W numbers, the same ε, equal to float round-off (≤ 5.6e-7 relative on maps of spread ~1;
+    tests/unit/test_layer_norm.py) and twice differentiable, but torch's group norm kernel is faster on
+    these short rows: on 30 seeds' maps 0.44-0.65x (14x14) and 0.69x (7x7) layer_norm's time forward,
+    0.90x forward and backward; a 30-seed evaluation 0.81-0.85x; one seed's step 1-2 % slower
+    (docs/performance.md, "LayerNorm as a group norm"). On a GPU (not measured): layer_norm.
     """
     if x.device.type == "cpu":
         return F.group_norm(x, x.shape[1], eps=LN_EPS)
