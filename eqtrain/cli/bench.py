@@ -156,18 +156,22 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times)
 
 
-def eval_cost(n_seeds: int, model_cfg: ModelConfig | None = None) -> float:
-    """Seconds per image and seed of the evaluation (``metrics.evaluate``: model and projected model, test orbit)."""
+def eval_cost(n_seeds: int, model_cfg: ModelConfig | None = None, repeats: int = 3) -> float:
+    """Seconds per image and seed of the evaluation (``metrics.evaluate``: model and projected model, test orbit),
+    the median of ``repeats`` timed evaluations after a warm-up one (a single one moved by ±20 % between runs)."""
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     group = Group.from_name("c4")
     model = build_model(model_cfg, group, SHAPE, CLASSES, False, n_seeds=n_seeds)
     data = Data(torch.rand(1000, *SHAPE), torch.randint(0, CLASSES, (1000,)), torch.rand(250, *SHAPE),
                 torch.randint(0, CLASSES, (250,)), CLASSES)  # fmt: skip
     evaluate(model, data, group)
-    start = time.perf_counter()
-    evaluate(model, data, group)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluate(model, data, group)
+        times.append(time.perf_counter() - start)
     images = len(data.y_train) + 2 * group.order * len(data.y_test)
-    return (time.perf_counter() - start) / images / n_seeds
+    return statistics.median(times) / images / n_seeds
 
 
 def close(log: tuple[StepLog, list[RunLogger]] | None) -> None:
@@ -311,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         executed = 3 * forward_flops(model, executed=True) * 10
         peak = rates["ensemble"] / rates["peak_ratio"]  # the rounds' typical peak, for the printout
         fraction, fraction_executed = step_flops * rates["peak_ratio"], executed * rates["peak_ratio"]
-        per_image = eval_cost(args.seeds, model_cfg)
+        per_image = eval_cost(args.seeds, model_cfg, repeats=max(args.rounds // 3, 1))
         print(f"training step: {step_flops / 1e6:.1f} MFLOP per model-step as a plain CNN computes it, "
               f"{rates['ensemble'] * step_flops / 1e9:.1f} GFLOP/s = {fraction:.1%} of a 2048^3 float32 matmul "
               f"(~{peak / 1e9:.0f} GFLOP/s, measured in each round); executed {executed / 1e6:.1f} MFLOP: "
