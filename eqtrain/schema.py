@@ -16,7 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-AUGMENT_KINDS = ("random", "orbit")  # SPEC §4: one random g per image per step, or the whole orbit
+AUGMENT_KINDS = ("random", "orbit")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # SPEC §12: torch.optim's SGD (plain, heavy ball, Nesterov), Adam, AdamW
+# E's coordinates in an equivariant model (SPEC §12.3): its orthonormal basis (§3) or its orbit values
+COORDINATES = ("orthonormal", "tied")  # SPEC §4: one random g per image per step, or the whole orbit
 LR_RULE = "use a finite number > 0"  # for a run's lr and eqtrain-analyze --lr alike
 
 
@@ -60,6 +63,10 @@ class ModelConfig:
     norm: Optional[str] = None  # layernorm | batchnorm (per field) | batchnorm_channel | none | null (model.layernorm)
     group_pool: bool = False  # before the head: max over each field's |G| channels, then mean over (H, W) (SPEC §11)
     bias: bool = False
+    bn_stats: str = "batch"  # batch norm's statistics in evaluation: batch (the chunk's own) | running (SPEC §12)
+    bn_momentum: float = 0.1  # running statistics: r <- (1 - m)·r + m·(the batch's), torch's convention
+    bn_affine: bool = False  # a learnable scale and shift per field after the batch norm (invariant: not part of A)
+    equivariant_coordinates: str = "auto"  # E's coordinates: auto (by optimizer) | orthonormal | tied (SPEC §12.3)
 
 
 @dataclass
@@ -78,6 +85,18 @@ class ModeConfig:
 class InitConfig:
     scheme: str = "standard"  # standard (Kaiming-uniform in L) | perturbed_equivariant | reference
     sigma: float = 1e-3  # std of the perturbation orthogonal to E
+
+
+@dataclass
+class OptimizerConfig:
+    """The update rule (SPEC §12); the step size, its schedule and the weight decay are top-level keys."""
+
+    name: str = "sgd"  # sgd (plain, heavy-ball or Nesterov by `momentum`) | adam | adamw
+    momentum: float = 0.0  # sgd: β of the heavy ball (0: plain SGD, the paper's)
+    nesterov: bool = False  # sgd: Nesterov's momentum (needs momentum > 0)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw: β₁, β₂
+    eps: float = 1e-8  # adam, adamw: ε of the denominator
+    decoupled: Optional[bool] = None  # weight decay A <- (1 - ηλ)A (true) or added to the gradient; null: adamw only
 
 
 @dataclass
@@ -104,6 +123,7 @@ class Config:
     group: GroupConfig = field(default_factory=GroupConfig)
     mode: ModeConfig = field(default_factory=ModeConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     gamma: Optional[float] = None  # weight of γΓ; unset = DEFAULT_GAMMA in augreg / nomreg
     gamma_schedule: str = "constant"  # constant | linear | exp | cosine: γ_t ramps from gamma_start to gamma
     gamma_start: float = 0.0  # γ at step 0 of a ramp (exp needs > 0)
@@ -113,7 +133,13 @@ class Config:
     seeds: int = 1  # > 1: train seeds seed .. seed+seeds-1 together as one vectorised ensemble
     epochs: int = 10
     batch_size: int = 10
-    lr: float = 0.02
+    lr: float = 0.02  # the step size η (the peak of lr_schedule)
+    weight_decay: float = 0.0  # λ: of λ/2·‖A‖² and the biases (coupled), or A <- (1 - ηλ)A (optimizer.decoupled)
+    lr_schedule: str = "constant"  # constant | step | exp | cosine (SPEC §12), after lr_warmup_epochs
+    lr_decay: float = 0.1  # step: η·decay every lr_step_epochs epochs; exp: η·decay^epoch
+    lr_step_epochs: int = 30  # step: epochs between decays
+    lr_min: float = 0.0  # cosine: η_t falls from lr to lr_min at the last step
+    lr_warmup_epochs: float = 0.0  # a linear warm-up from η/steps to η over this many epochs (fractions allowed)
     augment: str = "random"  # random | orbit (used by the augmented modes)
     data_scale: float = 1.0  # factor on the data term; the paper's objective uses 1/batch_size
     max_steps: Optional[int] = None  # stop after this many SGD steps

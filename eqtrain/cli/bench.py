@@ -1,12 +1,15 @@
-"""Benchmark: time per SGD step of each mode against the unconstrained floor.
+"""Benchmark: time per training step of each mode, and of each optimizer, against the unconstrained floor.
 
 The floor is a plain ``torch.nn`` CNN with the model's channel counts (``nn.Conv2d`` /
 ``nn.Linear``, plain SGD; no projection, no augmentation, no logging). Each eqtrain mode runs the
-real ``sgd_step`` with the per-step SPEC §7 scalars logged into a real event file (the distances
+real ``train_step`` with the per-step SPEC §7 scalars logged into a real event file (the distances
 of a round's steps measured, as the loop's step log does, inside the round's time). All variants
 are measured in one process, round by round, each right after a run of the floor; the ratio to
 the floor is the median over rounds of the ratio within each pair, so machine noise between
 rounds cancels. Prints a table and one JSON line.
+
+Each optimizer of SPEC §12 (plain, heavy-ball and Nesterov SGD, Adam, AdamW) is timed the same way in
+the nominal mode against a floor that steps with torch.optim's same optimizer (``--optimizers``).
 
 ``--model`` picks the model preset (configs/model/): the paper CNN by default, ``gcnn`` for the
 G-CNN of SPEC §9, timed against a floor of its own channel counts (16 channels under C4).
@@ -38,7 +41,8 @@ from ..run.tblog import RunLogger
 from ..schema import ModelConfig
 from ..training.metrics import evaluate, step_tags
 from ..training.modes import MODES, Dynamics
-from ..training.step import sgd_step
+from ..training.optimizer import Optimizer, UpdateRule
+from ..training.step import train_step
 from ..training.steplog import StepLog
 
 
@@ -84,9 +88,25 @@ def floor_model(model: EqCNN) -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(widths[-1] * h * w, arch.n_classes, bias=False))
 
 
-def make_floor(x_all, y_all, batch, model_cfg: ModelConfig):
+# The optimizers timed against torch.optim's: (eqtrain's rule, torch.optim's same optimizer), lr 1e-3.
+OPTIMIZERS = {
+    "sgd": (UpdateRule(), lambda p: torch.optim.SGD(p, lr=1e-3)),
+    "momentum": (UpdateRule(momentum=0.9), lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9)),
+    "nesterov_wd": (
+        UpdateRule(momentum=0.9, nesterov=True, weight_decay=5e-4),
+        lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    ),
+    "adam": (UpdateRule("adam"), lambda p: torch.optim.Adam(p, lr=1e-3)),
+    "adamw": (
+        UpdateRule("adamw", weight_decay=1e-2, decoupled=True),
+        lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2),
+    ),
+}
+
+
+def make_floor(x_all, y_all, batch, model_cfg: ModelConfig, optimizer=lambda p: torch.optim.SGD(p, lr=1e-3)):
     model = floor_model(build_model(model_cfg, Group.from_name("c4"), SHAPE, CLASSES, False))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = optimizer(model.parameters())
     n = len(y_all)
 
     def step(i: int) -> None:
@@ -100,9 +120,18 @@ def make_floor(x_all, y_all, batch, model_cfg: ModelConfig):
 
 
 def make_eqtrain(
-    x_all, y_all, batch, augment, dyn: Dynamics, logdir, seeds: int = 1, model_cfg: ModelConfig | None = None
+    x_all,
+    y_all,
+    batch,
+    augment,
+    dyn: Dynamics,
+    logdir,
+    seeds: int = 1,
+    model_cfg: ModelConfig | None = None,
+    rule: UpdateRule | None = None,
 ):
-    """The real step of the training loop (``sgd_step`` with the per-step SPEC §7 log) for ``seeds`` seeds."""
+    """The real step of the training loop (``train_step`` with the per-step SPEC §7 log) for ``seeds`` seeds,
+    with the optimizer of ``rule`` (plain SGD without one)."""
     group = Group.from_name("c4")
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     model = build_model(model_cfg, group, SHAPE, CLASSES, dyn.constrain, n_seeds=seeds)
@@ -110,6 +139,7 @@ def make_eqtrain(
     augmenter = Augmenter(group, augment, 28, 28, "cpu") if augment else None
     gens = [torch.Generator().manual_seed(k) for k in range(seeds)]
     running = torch.ones(seeds, dtype=torch.bool)
+    optimizer = Optimizer(rule, model.flat) if rule is not None else None
     loggers = [RunLogger(f"{logdir}/{k}") for k in range(seeds)]
     log = StepLog(model.space, loggers, step_tags(model.layer_names), 1.0)
     gamma = 0.1 if dyn.regularize else 0.0
@@ -121,8 +151,8 @@ def make_eqtrain(
         x, y = x_all[idx], y_all[idx]
         if augmenter is not None:
             x, y = augmenter.per_seed(x, y, gens)
-        result = sgd_step(model, x, y, 1e-3, gamma, 1.0, running)
-        log.add(i, result.loss, result.weights, gamma, diverged, perp=result.perp)
+        result = train_step(model, x, y, 1e-3, gamma, 1.0, running, optimizer)
+        log.add(i, result.loss, result.weights, gamma, diverged, perp=result.perp, lr=1e-3)
 
     return step, (log, loggers)
 
@@ -260,6 +290,34 @@ def measure(
     }
 
 
+def measure_optimizers(
+    batch: int, steps: int, rounds: int, warmup: int, model_cfg: ModelConfig | None = None
+) -> dict[str, float]:
+    """Each optimizer's median ratio of the nominal step (with its step log) to a floor stepping with
+    torch.optim's same optimizer, timed in pairs round by round as ``measure`` does."""
+    model_cfg = ModelConfig() if model_cfg is None else model_cfg
+    x_all, y_all = torch.rand(2000, *SHAPE), torch.randint(0, CLASSES, (2000,))
+    ratios: dict[str, list[float]] = {name: [] for name in OPTIMIZERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = {
+            name: (
+                make_floor(x_all, y_all, batch, model_cfg, make_torch)[0],
+                make_eqtrain(x_all, y_all, batch, None, MODES["nominal"], f"{tmp}/{name}", 1, model_cfg, rule),
+            )
+            for name, (rule, make_torch) in OPTIMIZERS.items()
+        }
+        for floor, (step, _) in pairs.values():
+            for i in range(warmup):
+                floor(i)
+                step(i)
+        for r in range(rounds):
+            for name, (floor, (step, log)) in pairs.items():
+                ratios[name].append(timed(step, r, steps, log[0]) / timed(floor, r, steps))
+        for _, (_, log) in pairs.values():
+            close(log)
+    return {name: statistics.median(r) for name, r in ratios.items()}
+
+
 def timed(step, r: int, steps: int, log: StepLog | None = None) -> float:
     """Seconds per step of ``steps`` steps of round r; a step log's distances are measured inside the time."""
     start = time.perf_counter()
@@ -281,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=30, help="ensemble size for the seeds=N comparison (0: skip)")
     parser.add_argument("--model", default="paper_cnn", help="model preset: paper_cnn (default), gcnn, deep_cnn")
+    parser.add_argument(
+        "--no-optimizers", action="store_true", help="skip the optimizers against torch.optim's (SPEC §12)"
+    )
     args = parser.parse_args(argv)
     retain_freed_memory()  # as a run does
     model_cfg = model_config(args.model)
@@ -302,6 +363,14 @@ def main(argv: list[str] | None = None) -> None:
             "floor_ms": round(floor * 1e3, 4),
             "ratio_to_floor": {name: round(r, 3) for name, r in ratio.items()},
         }
+        if not args.no_optimizers:
+            by_optimizer = measure_optimizers(batch, args.steps, args.rounds, args.warmup, model_cfg)
+            print(f"{'optimizer (nominal)':<20}{'':>10}{'x floor':>10}   (the floor steps with torch.optim's same)")
+            for name, r in by_optimizer.items():
+                print(f"{name:<20}{'':>10}{r:>10.2f}")
+            report["results"][str(batch)]["optimizer_ratio_to_floor"] = {
+                k: round(r, 3) for k, r in by_optimizer.items()
+            }
     if args.seeds:
         rates = measure_ensemble(
             args.seeds, 10, max(args.steps // 4, 5), args.rounds, max(args.warmup // 4, 3), model_cfg

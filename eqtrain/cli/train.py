@@ -145,7 +145,7 @@ def objective(result: dict, cfg: DictConfig) -> float:
     return value
 
 
-GROUPS = ("dataset", "model", "mode", "group", "experiment", "sweep", "hparams_search")
+GROUPS = ("dataset", "model", "mode", "group", "optimizer", "experiment", "recipe", "sweep", "hparams_search")
 
 
 VALUE_FLAGS = ("-sc", "--shell-completion", "-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir",

@@ -25,32 +25,56 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..schema import COORDINATES
 from .layer_space import LayerSpace
 
 PARAMETRIZATIONS = ("orthogonal", "basis")
+# COORDINATES: those of an equivariant model (SPEC §12.3), the orthonormal basis of E (orbit indicators
+# over √|orbit|, §3), or the orbit values themselves (tied weights: one parameter per orbit, A[j] =
+# θ[orbit(j)]). Linear optimizers match orbit-augmented training in the first, Adam in the second.
 
 
 @dataclass(frozen=True)
 class OrbitBasis:
     """E's orthonormal basis as orbit labels: A[j] = θ[labels[j]]·scale[j] over the flat (out·in·s) index.
 
-    ``scale`` is 1/√|orbit| on ω_G and 0 elsewhere (there A is 0); ``dim`` is the number of orbits.
+    ``scale`` is 1/√|orbit| on ω_G and 0 elsewhere (there A is 0) for the orthonormal basis, 1 on ω_G
+    for tied weights; ``fit`` weighs the entries of the least-squares fit θ = Σ_{j ∈ orbit} fit[j]·A[j]
+    (1/√|orbit|, or 1/|orbit|: the orbit's mean); ``dim`` is the number of orbits.
     """
 
     labels: torch.Tensor
     scale: torch.Tensor
     dim: int
+    fit: torch.Tensor
 
 
 def make_basis(
-    space: LayerSpace, parametrization: str, constrain: bool, generator: torch.Generator
+    space: LayerSpace,
+    parametrization: str,
+    constrain: bool,
+    generator: torch.Generator,
+    coordinates: str = "orthonormal",
 ) -> torch.Tensor | OrbitBasis | None:
-    """The basis B (p, s) of the layer's parameter space, None for the identity, or E's ``OrbitBasis``."""
+    """The basis B (p, s) of the layer's parameter space, None for the identity, or E's ``OrbitBasis``.
+
+    ``coordinates`` (one of ``COORDINATES``) only matters with ``constrain``: E's orthonormal basis, or
+    its orbit indicators unscaled (tied weights, SPEC §12.3).
+    """
     dtype = space.orbit_sizes.dtype
+    if coordinates not in COORDINATES:
+        raise ValueError(
+            f"model.equivariant_coordinates={coordinates!r} is not valid; use auto, {', '.join(COORDINATES)}"
+        )
+    tied = coordinates == "tied"
     if constrain and space.joint:
-        return OrbitBasis(space.orbit_labels.clone(), space.entry_scale.clone(), len(space.orbit_sizes))
+        scale = space.entry_scale.clone()  # 1/√|orbit| on ω_G, 0 off it
+        if tied:  # A[j] = θ[orbit(j)]; the least-squares fit is the orbit's mean
+            return OrbitBasis(space.orbit_labels.clone(), (scale > 0).to(dtype), len(space.orbit_sizes), scale * scale)
+        return OrbitBasis(space.orbit_labels.clone(), scale, len(space.orbit_sizes), scale)
     if constrain:
-        return space.basis_e.T.clone()
+        basis = space.basis_e.T.clone()  # rows: orbit indicators / √|orbit|
+        return (basis > 0).to(dtype) if tied else basis
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(
             f"model.parametrization={parametrization!r} is not valid; use one of {', '.join(PARAMETRIZATIONS)}"
@@ -95,6 +119,7 @@ class ParametrizedMap(nn.Module):
         self.register_buffer("basis_pinv", pinv, persistent=False)
         self.register_buffer("orbit_labels", None if orbits is None else orbits.labels, persistent=False)
         self.register_buffer("orbit_scale", None if orbits is None else orbits.scale.to(dtype), persistent=False)
+        self.register_buffer("orbit_fit", None if orbits is None else orbits.fit.to(dtype), persistent=False)
 
     @property
     def channels(self) -> tuple[int, int]:
@@ -108,9 +133,10 @@ class ParametrizedMap(nn.Module):
             return a.view(-1, self.out_dim, self.in_dim, self.size)
         return self.theta if self.basis is None else self.theta @ self.basis
 
-    def _orbit_sums(self, a: torch.Tensor) -> torch.Tensor:
-        """Bᵀ A for the orbit basis: Σ_{j ∈ orbit} A[j]/√|orbit| (one scatter-add); A is (..., out, in, s)."""
-        flat = a.flatten(-3) * self.orbit_scale
+    def _orbit_sums(self, a: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Bᵀ A for the orbit basis: Σ_{j ∈ orbit} A[j]·scale[j] (one scatter-add; ``weight`` in place of
+        the scale if given); A is (..., out, in, s)."""
+        flat = a.flatten(-3) * (self.orbit_scale if weight is None else weight)
         return flat.new_zeros(*flat.shape[:-1], self.theta.shape[-1]).index_add_(-1, self.orbit_labels, flat)
 
     @torch.no_grad()
@@ -120,8 +146,8 @@ class ParametrizedMap(nn.Module):
         A is (N, out, in, s), or (out, in, s) to give every seed the same weights.
         """
         a = a.to(self.theta)
-        if self.orbit_labels is not None:  # B has orthonormal columns: the least-squares fit is Bᵀ A
-            self.theta.copy_(self._orbit_sums(a))
+        if self.orbit_labels is not None:  # orthonormal: the fit is Bᵀ A; tied: each orbit's mean
+            self.theta.copy_(self._orbit_sums(a, self.orbit_fit))
             return
         self.theta.copy_(a if self.basis is None else a @ self.basis_pinv)
 

@@ -34,7 +34,7 @@ from .run_dir import open_run_dir
 from .settings import ConfigError, Settings
 from .start import build_for_phase, starting_point
 from .state import RunState
-from .step import sgd_step
+from .step import train_step
 
 log = logging.getLogger("eqtrain")
 
@@ -69,6 +69,7 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
     n, steps_per_epoch = len(data.y_train), math.ceil(len(data.y_train) / cfg.batch_size)
     total = total_steps(settings, steps_per_epoch)
     gamma_at = settings.gamma_schedule(steps_per_epoch)
+    lr_at = settings.step_sizes(steps_per_epoch, total)
     log_start(settings, state, group, total, run_dir)
     augmenter = functools.cache(lambda kind: Augmenter(group, kind, *data.image_shape[1:], device))
     progress = Progress(total, start=state.step)
@@ -90,13 +91,17 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
         if phase.dyn.augment:
             x, y = augmenter(phase.augment).per_seed(x, y, state.aug_gens)
         gamma_t = gamma_at(state.step) if phase.dyn.regularize else 0.0
+        lr_t = lr_at(state.step)
         twin_dist = twin_distance(state) if state.twin is not None else None
-        result = sgd_step(state.model, x, y, cfg.lr, gamma_t, cfg.data_scale, state.running)
+        result = train_step(state.model, x, y, lr_t, gamma_t, cfg.data_scale, state.running, state.optimizer)
         if state.twin is not None:
-            sgd_step(state.twin, x, y, cfg.lr, 0.0, cfg.data_scale, torch.ones_like(state.running))
+            running = torch.ones_like(state.running)
+            train_step(state.twin, x, y, lr_t, 0.0, cfg.data_scale, running, state.twin_optimizer)
         if state.step % cfg.log_every == 0:
             extra = None if twin_dist is None else twin_dist[:, None]
-            recorder.steps.add(state.step, result.loss, result.weights, gamma_t, state.diverged, extra, result.perp)
+            recorder.steps.add(
+                state.step, result.loss, result.weights, gamma_t, state.diverged, extra, result.perp, lr=lr_t
+            )
             progress.update(state.step, result.loss, lambda: state.model.distances().total)
         state.after_step(result.running)
         state.position += used
@@ -136,8 +141,11 @@ def enter_phase(settings: Settings, state: RunState, group: Group, data: Data, r
         recorder.steps.flush()  # measured in the space of the model that took them
         state.phase = index
         state.model = build_for_phase(settings, settings.phases[index], group, data, state.model)
+        state.new_optimizer()  # its state was in the old coordinates: the new phase starts it afresh
         recorder.steps.space = state.model.space
-        log.info("phase %d: mode=%s from step %d", index, settings.phases[index].mode, state.step)
+        log.info(
+            "phase %d: mode=%s from step %d (a fresh optimizer state)", index, settings.phases[index].mode, state.step
+        )
     return settings.phases[index]
 
 
@@ -177,6 +185,13 @@ def log_start(settings: Settings, state: RunState, group: Group, total: int, run
         settings.mode, settings.gamma, group.name, seeds, state.model.n_params(), state.model.dim_e(), total,
         settings.device, run_dir,
     )  # fmt: skip
+    cfg = settings.config
+    schedule = "" if cfg.lr_schedule == "constant" else f", lr_schedule={cfg.lr_schedule}"
+    warmup = f", warm-up {cfg.lr_warmup_epochs:g} epochs" if cfg.lr_warmup_epochs else ""
+    log.info("optimizer: %s, lr %g%s%s", state.rule.describe(), cfg.lr, schedule, warmup)
+    if any(p.dyn.constrain for p in settings.phases) or state.twin is not None:  # SPEC §12.3
+        log.info("equivariant coordinates: %s (model.equivariant_coordinates=%s)", settings.coordinates,
+                 cfg.model.equivariant_coordinates)  # fmt: skip
 
 
 def log_epoch(state: RunState, metrics: list[dict[str, float]]) -> None:

@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..schema import AUGMENT_KINDS, DEFAULT_GAMMA, LR_RULE, Config, valid_lr
+from ..schema import AUGMENT_KINDS, COORDINATES, DEFAULT_GAMMA, LR_RULE, OPTIMIZERS, Config, valid_lr
 from .modes import MODES, Dynamics
-from .schedule import SCHEDULES, GammaSchedule
+from .schedule import LR_SCHEDULES, SCHEDULES, GammaSchedule, StepSizeSchedule
 
 if TYPE_CHECKING:
     import torch
+
+    from .optimizer import UpdateRule
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +83,45 @@ class Settings:
         ramp = round(cfg.gamma_ramp_epochs * steps_per_epoch) if ramp is None else ramp
         return GammaSchedule(cfg.gamma_schedule, self.gamma, cfg.gamma_start, ramp)
 
+    @property
+    def update_rule(self) -> UpdateRule:
+        """The optimizer of every phase (SPEC §12): ``optimizer`` and ``weight_decay``."""
+        from .optimizer import UpdateRule  # (torch: not before a bad value is answered)
+
+        opt = self.config.optimizer
+        decoupled = opt.name == "adamw" if opt.decoupled is None else opt.decoupled
+        return UpdateRule(
+            opt.name, opt.momentum, opt.nesterov, tuple(opt.betas), opt.eps, self.config.weight_decay, decoupled
+        )
+
+    @property
+    def coordinates(self) -> str:
+        """E's coordinates in an equivariant model (SPEC §12.3): ``model.equivariant_coordinates``, where
+        ``auto`` is the orbit values (tied) for Adam and AdamW, the orthonormal basis otherwise."""
+        chosen = self.config.model.equivariant_coordinates
+        if chosen != "auto":
+            return chosen
+        return "tied" if self.update_rule.adaptive else "orthonormal"
+
+    def step_sizes(self, steps_per_epoch: int, total_steps: int) -> StepSizeSchedule:
+        """η_t (SPEC §12): ``lr_schedule`` after ``lr_warmup_epochs``."""
+        cfg = self.config
+        warmup = round(cfg.lr_warmup_epochs * steps_per_epoch)
+        return StepSizeSchedule(
+            cfg.lr_schedule, cfg.lr, steps_per_epoch, total_steps, cfg.lr_decay, cfg.lr_step_epochs, cfg.lr_min, warmup
+        )
+
     def config_hash(self) -> str:
         """A hash of everything that changes the numbers a run produces (a checkpoint must match it)."""
         container = dataclasses.asdict(self.config)
         for key in _NOT_HASHED:
             container.pop(key, None)
         for (group, key), default in _ADDED_LATER.items():  # at their default: the hash of the older version
-            if container[group].get(key, default) == default:
-                container[group].pop(key, None)
+            where = container if group is None else container[group]
+            if where.get(key, default) == default:
+                where.pop(key, None)
+        if not container["optimizer"]:  # every optimizer key at its default: plain SGD, as before
+            container.pop("optimizer")
         return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -101,6 +134,22 @@ _ADDED_LATER = {
     ("model", "pool_kind"): "avg",
     ("model", "norm"): None,
     ("model", "group_pool"): False,
+    ("model", "bn_stats"): "batch",
+    ("model", "bn_momentum"): 0.1,
+    ("model", "bn_affine"): False,
+    ("model", "equivariant_coordinates"): "auto",
+    ("optimizer", "name"): "sgd",
+    ("optimizer", "momentum"): 0.0,
+    ("optimizer", "nesterov"): False,
+    ("optimizer", "betas"): [0.9, 0.999],
+    ("optimizer", "eps"): 1e-8,
+    ("optimizer", "decoupled"): None,
+    (None, "weight_decay"): 0.0,
+    (None, "lr_schedule"): "constant",
+    (None, "lr_decay"): 0.1,
+    (None, "lr_step_epochs"): 30,
+    (None, "lr_min"): 0.0,
+    (None, "lr_warmup_epochs"): 0.0,
 }
 
 # Keys that do not change the numbers a run produces, so a resume may change them.
@@ -126,6 +175,9 @@ def validate(cfg: Config) -> Settings:
 
     _check_values(cfg, need)
     phases = _phases(cfg, need)
+    norm = cfg.model.norm or ("layernorm" if cfg.model.layernorm else "none")
+    if cfg.model.bn_stats == "running" and not norm.startswith("batchnorm"):
+        log.warning("model.bn_stats=running changes nothing here: model.norm=%s keeps no batch statistics", norm)
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -169,6 +221,45 @@ def _check_values(cfg: Config, need) -> None:
     need(cfg.analyze_samples >= 1, "analyze_samples", "use an int >= 1")
     need(cfg.analyze_iterations >= 1, "analyze_iterations", "use an int >= 1")
     need(cfg.init.sigma >= 0 and math.isfinite(cfg.init.sigma), "init.sigma", "use a finite number >= 0")
+    _check_recipe(cfg, need)
+
+
+def _check_recipe(cfg: Config, need) -> None:
+    """The optimizer, its weight decay and the step-size schedule (SPEC §12)."""
+    opt = cfg.optimizer
+    need(opt.name in OPTIMIZERS, "optimizer.name", f"use one of {', '.join(OPTIMIZERS)}")
+    need(math.isfinite(opt.momentum) and 0 <= opt.momentum < 1, "optimizer.momentum", "use a number in [0, 1)")
+    need(opt.name == "sgd" or opt.momentum == 0, "optimizer.momentum", f"optimizer.name={opt.name} has betas instead")
+    need(not opt.nesterov or opt.momentum > 0, "optimizer.nesterov", "Nesterov needs optimizer.momentum > 0")
+    need(
+        len(opt.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in opt.betas),
+        "optimizer.betas",
+        "use two numbers in [0, 1): [beta1, beta2]",
+    )
+    need(math.isfinite(opt.eps) and opt.eps > 0, "optimizer.eps", "use a finite number > 0")
+    need(
+        opt.name != "adamw" or opt.decoupled in (None, True),
+        "optimizer.decoupled",
+        "adamw's weight decay is decoupled: use optimizer=adam for a coupled one",
+    )
+    need(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "use a finite number >= 0")
+    decoupled = opt.name == "adamw" if opt.decoupled is None else opt.decoupled
+    need(
+        not decoupled or cfg.weight_decay * cfg.lr < 1,
+        "weight_decay",
+        f"a decoupled decay A <- (1 - lr*weight_decay)A needs lr * weight_decay < 1 (lr={cfg.lr!r})",
+    )
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"use one of {', '.join(LR_SCHEDULES)}")
+    need(math.isfinite(cfg.lr_decay) and 0 < cfg.lr_decay <= 1, "lr_decay", "use a number in (0, 1]")
+    need(cfg.lr_step_epochs >= 1, "lr_step_epochs", "use an int >= 1")
+    need(math.isfinite(cfg.lr_min) and 0 <= cfg.lr_min <= cfg.lr, "lr_min", f"use a number in [0, lr={cfg.lr!r}]")
+    need(math.isfinite(cfg.lr_warmup_epochs) and cfg.lr_warmup_epochs >= 0, "lr_warmup_epochs", "use a number >= 0")
+    coordinates = ("auto", *COORDINATES)
+    need(
+        cfg.model.equivariant_coordinates in coordinates,
+        "model.equivariant_coordinates",
+        f"use one of {', '.join(coordinates)}",
+    )
 
 
 def _gamma(cfg: Config, phases: tuple[Phase, ...]) -> float:
@@ -231,6 +322,15 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "parametrization": cfg.model.parametrization,
         "augment": cfg.augment,
         "lr": cfg.lr,
+        "optimizer": settings.update_rule.name,
+        "momentum": settings.update_rule.momentum,
+        "nesterov": settings.update_rule.nesterov,
+        "weight_decay": cfg.weight_decay,
+        "decoupled": settings.update_rule.decoupled,
+        "lr_schedule": cfg.lr_schedule,
+        "lr_warmup_epochs": cfg.lr_warmup_epochs,
+        "coordinates": settings.coordinates if any(p.dyn.constrain for p in settings.phases) or cfg.twin else "",
+        "bn_stats": cfg.model.bn_stats,
         "batch_size": cfg.batch_size,
         "epochs": settings.epochs,
         "seed": cfg.seed,

@@ -19,19 +19,23 @@ log = logging.getLogger("eqtrain")
 
 def new_model(settings: Settings, constrain: bool, group: Group, data: Data) -> EqCNN:
     cfg = settings.config
+    n = len(settings.seed_ids)
     model = build_model(
-        cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, n_seeds=len(settings.seed_ids)
+        cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, n, settings.coordinates
     )
     return model.to(settings.device)
 
 
 def build_for_phase(settings: Settings, phase: Phase, group: Group, data: Data, start: EqCNN) -> EqCNN:
-    """The model of a phase, holding the weights A (projected onto E if constrained) and biases of ``start``."""
+    """The model of a phase, holding the weights A of ``start`` (projected onto E if constrained) and, as
+    they are, its invariant parameters (biases, the batch norm's affine) and the batch norm's running
+    statistics (SPEC §12): outside A, they are the same numbers whichever space θ parametrizes."""
     model = new_model(settings, phase.dyn.constrain, group, data)
     model.set_weights(start.weights())
     with torch.no_grad():
-        for b, old in zip(model.biases, start.biases):
-            b.copy_(old)
+        for p, old in zip(model.invariant_parameters(), start.invariant_parameters(), strict=True):
+            p.copy_(old)
+        model.norm_stats.copy_(start.norm_stats)
     return model
 
 
@@ -43,7 +47,10 @@ def check_models(settings: Settings, group: Group, data: Data) -> None:
     needs += [("twin=true", True)] * settings.config.twin
     for i, (reason, constrain) in enumerate(needs):
         try:
-            build_model(settings.config.model, group, data.image_shape, data.n_classes, constrain, settings.dtype)
+            build_model(
+                settings.config.model, group, data.image_shape, data.n_classes, constrain, settings.dtype,
+                coordinates=settings.coordinates,
+            )  # fmt: skip
         except ValueError as err:
             raise ConfigError(f"{reason}: {err}" if i else str(err)) from err
 
@@ -64,10 +71,13 @@ def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | No
     if cfg.twin:  # the equivariant twin starts from Π_E(A₀) (SPEC §7)
         twin = new_model(settings, True, group, data)
         twin.set_weights(a0)
-    state = RunState(settings.seed_ids, model, twin, config_hash=settings.config_hash())
+    state = RunState(settings.seed_ids, model, twin, settings.update_rule, config_hash=settings.config_hash())
     if ckpt is not None:
         if list(ckpt.get("seeds", [])) != list(settings.seed_ids):
             raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seed_ids)}")
-        state.load_state_dict(ckpt)
+        try:
+            state.load_state_dict(ckpt)
+        except ValueError as err:  # another optimizer's state (force_resume): it cannot be carried over
+            raise ConfigError(f"resume: {err}; force_resume cannot change the optimizer") from err
         log.info("resuming at step %d (epoch %d, phase %d)", state.step, state.epoch, state.phase)
     return state

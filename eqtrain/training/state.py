@@ -1,8 +1,9 @@
 """The run's mutable state — one object, whose state dict is the checkpoint.
 
 It holds where the run is (step, epoch, position in the epoch's data order, phase), the random
-streams of every seed (data order, augmentation), the model (every seed's θ and biases), the
-equivariant twin if any, and which seeds are still running (none diverged). Resuming loads it back, so an
+streams of every seed (data order, augmentation), the model (every seed's θ and biases, and a batch
+norm's running statistics), its optimizer's state (SPEC §12), the equivariant twin and its optimizer
+if any, and which seeds are still running (none diverged). Resuming loads it back, so an
 interrupted run continues bit for bit.
 """
 
@@ -14,6 +15,7 @@ import torch
 
 from ..data.datasets import Data
 from ..nets.cnn import EqCNN
+from .optimizer import Optimizer, UpdateRule
 
 
 def generator(seed: int, stream: int) -> torch.Generator:
@@ -26,6 +28,7 @@ class RunState:
     seed_ids: tuple[int, ...]
     model: EqCNN
     twin: EqCNN | None = None
+    rule: UpdateRule = UpdateRule()  # the optimizer of every phase
     config_hash: str = ""  # of the config that wrote it: a resume must match it
     step: int = 0
     epoch: int = 0
@@ -38,9 +41,14 @@ class RunState:
     diverged_at: torch.Tensor | None = None  # (N,) long, on the device: the step a seed diverged at, or −1
     diverged: list[bool] = field(default_factory=list)  # per seed, as last read on the host
     start_distances: torch.Tensor | None = None  # (N, layers + 2): the distances of A₀, for the end-of-run summary
+    optimizer: Optimizer | None = None  # the model's (``new_optimizer``)
+    twin_optimizer: Optimizer | None = None
 
     def __post_init__(self) -> None:
         n = len(self.seed_ids)
+        self.optimizer = self.optimizer or Optimizer(self.rule, self.model.flat)
+        if self.twin is not None:
+            self.twin_optimizer = self.twin_optimizer or Optimizer(self.rule, self.twin.flat)
         self.order_gens = self.order_gens or [generator(s, 1) for s in self.seed_ids]
         self.aug_gens = self.aug_gens or [generator(s, 2) for s in self.seed_ids]
         device = self.model.maps[0].theta.device
@@ -50,6 +58,10 @@ class RunState:
         self.start_distances = (
             self.model.distances().values.cpu() if self.start_distances is None else self.start_distances
         )
+
+    def new_optimizer(self) -> None:
+        """A fresh optimizer state for the model (at a phase switch: its parameters are new coordinates)."""
+        self.optimizer = Optimizer(self.rule, self.model.flat)
 
     def after_step(self, running: torch.Tensor) -> None:
         """After a step: the seeds that took it (on the device); a seed that diverged in it keeps that step."""
@@ -85,6 +97,8 @@ class RunState:
             "order": self.order.cpu() if self.order is not None else torch.zeros(0, dtype=torch.long),
             "model": self.model.state_dict(),
             "twin": self.twin.state_dict() if self.twin is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "twin_optimizer": self.twin_optimizer.state_dict() if self.twin_optimizer is not None else {},
             "order_gens": [g.get_state() for g in self.order_gens],
             "aug_gens": [g.get_state() for g in self.aug_gens],
             # the checkpoint's keys keep their first names, so older checkpoints resume
@@ -104,6 +118,10 @@ class RunState:
         self.model.load_state_dict(state["model"])
         if self.twin is not None:
             self.twin.load_state_dict(state["twin"])
+        # (a checkpoint written before SPEC §12's optimizers is plain SGD's: no state)
+        self.optimizer.load_state_dict(state.get("optimizer", {"name": "sgd", "steps": state["step"]}))
+        if self.twin_optimizer is not None:
+            self.twin_optimizer.load_state_dict(state.get("twin_optimizer", {"name": "sgd", "steps": state["step"]}))
         for g, s in zip(self.order_gens, state["order_gens"], strict=True):
             g.set_state(s)
         for g, s in zip(self.aug_gens, state["aug_gens"], strict=True):

@@ -35,6 +35,7 @@ class HeldStep:
     loss: torch.Tensor  # (N,)
     weights: torch.Tensor  # (N, P): A_t flat
     gamma: float
+    lr: float
     diverged: tuple[bool, ...]  # per seed: not logged (it diverged earlier)
     extra: torch.Tensor | None  # (N, k): more scalars after the SPEC §7 ones (the twin distance)
     distances: torch.Tensor | None  # (N, layers + 2): d(A_t) if measured at ``add``, else None (at ``flush``)
@@ -58,11 +59,14 @@ class StepLog:
         diverged: Sequence[bool],
         extra: torch.Tensor | None = None,
         perp: torch.Tensor | None = None,
+        *,
+        lr: float,
     ) -> None:
-        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t and the extra scalars; with
-        ``perp`` (Π_{E⊥}A_t, ``StepResult.perp``) its distances are measured now, from it."""
+        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t, η_t (``lr``) and the extra
+        scalars; with ``perp`` (Π_{E⊥}A_t, ``StepResult.perp``) its distances are measured now, from it."""
         distances = None if perp is None else self.space.distances_flat(weights, perp).values
-        self._held.append(HeldStep(step, time.time(), loss, weights, gamma, tuple(diverged), extra, distances))
+        held = HeldStep(step, time.time(), loss, weights, gamma, lr, tuple(diverged), extra, distances)
+        self._held.append(held)
         if len(self._held) * weights.numel() >= HOLD_ENTRIES:
             self.flush()
 
@@ -77,8 +81,8 @@ class StepLog:
             measured = iter(self.space.distances_flat(torch.cat(unmeasured)).values.split(n) if unmeasured else ())
             dist = torch.stack([next(measured) if h.distances is None else h.distances for h in held])  # (k, N, ·)
             loss = torch.stack([h.loss for h in held])
-            gamma = torch.tensor([h.gamma for h in held], dtype=torch.float64, device=loss.device)[:, None]
-            rows = step_rows(loss, dist, gamma, self.data_scale)  # (k, N, tags)
+            rates = torch.tensor([[h.gamma, h.lr] for h in held], dtype=torch.float64, device=loss.device)
+            rows = step_rows(loss, dist, rates[:, :1], rates[:, 1:], self.data_scale)  # (k, N, tags)
             if held[0].extra is not None:
                 rows = torch.cat([rows, torch.stack([h.extra for h in held]).to(rows.dtype)], dim=-1)
         steps, times = [h.step for h in held], [h.time for h in held]

@@ -9,7 +9,7 @@ from eqtrain.geometry.group import Group
 from eqtrain.nets.cnn import build_model
 from eqtrain.nets.init import initial_weights_of_seeds
 from eqtrain.schema import ModelConfig
-from eqtrain.training.step import sgd_step
+from eqtrain.training.step import train_step
 
 from ..helpers import fast_first, kill_and_resume, make_config, rel, scalars
 from ..helpers import train_config as train
@@ -108,7 +108,7 @@ def test_a_diverging_seed_is_frozen_and_the_others_go_on():
     before = [m.theta.detach().clone() for m in model.maps]
     x, y = torch.rand(2, 4, 1, 28, 28), torch.randint(0, 10, (2, 4))
     x[1, 0, 0, 0, 0] = float("nan")  # seed 1's batch poisons its loss
-    result = sgd_step(model, x, y, 0.1, 0.0, 1.0, torch.ones(2, dtype=torch.bool))
+    result = train_step(model, x, y, 0.1, 0.0, 1.0, torch.ones(2, dtype=torch.bool))
     assert torch.isfinite(result.loss[0]) and not torch.isfinite(result.loss[1])
     assert result.running.tolist() == [True, False]
     assert not torch.equal(model.maps[0].theta[0], before[0][0])  # seed 0 moved

@@ -108,7 +108,7 @@ def test_the_step_log_writes_the_same_rows_however_it_batches(tmp_path):
         loggers = [RecordingLogger(tmp_path / f"{name}{k}") for k in range(2)]
         log = StepLog(model.space, loggers, step_tags(model.layer_names), 1.0)
         for i, ((a, loss, gamma), dead) in enumerate(zip(steps, stopped)):
-            log.add(i, loss, a, gamma, dead, perp=model.space.perp_flat(a) if i in perp_given else None)
+            log.add(i, loss, a, gamma, dead, perp=model.space.perp_flat(a) if i in perp_given else None, lr=0.01 * i)
             if flush_each:
                 log.flush()
         log.flush()
@@ -125,7 +125,9 @@ def test_the_step_log_writes_the_same_rows_however_it_batches(tmp_path):
     assert row[tags.index("dist_to_E/total")].item() == pytest.approx(d["dist_to_E/total"], rel=1e-6)
     loss, gamma = steps[3][1][0].item(), 0.3
     reg = 0.5 * gamma * d["dist_to_E/total"] ** 2
-    assert row[: tags.index("dist_to_E/conv1")].tolist() == pytest.approx([loss, reg, loss + reg, gamma], rel=1e-6)
+    assert row[: tags.index("dist_to_E/conv1")].tolist() == pytest.approx(
+        [loss, reg, loss + reg, gamma, 0.03], rel=1e-6
+    )
 
 
 class RecordingLogger(RunLogger):
@@ -142,7 +144,7 @@ class RecordingLogger(RunLogger):
 
 
 def test_a_parameter_outside_the_flat_tensor_is_refused():
-    """sgd_step updates only EqCNN.flat: a learnable parameter that parameter_list() misses would never train,
+    """train_step updates only EqCNN.flat: a learnable parameter that parameter_list() misses would never train,
     so the model refuses it when it links the flat tensor (at construction, and after every move or cast)."""
     from torch import nn
 

@@ -11,7 +11,7 @@ from eqtrain.nets.cnn import build_model
 from eqtrain.nets.init import initial_weights_of_seeds
 from eqtrain.schema import ModelConfig
 from eqtrain.training.schedule import GammaSchedule
-from eqtrain.training.step import sgd_step
+from eqtrain.training.step import train_step
 
 
 @pytest.mark.parametrize("kind", ["linear", "exp", "cosine"])
@@ -59,10 +59,10 @@ def test_the_step_uses_gamma_t_in_the_regularizer_gradient():
     expected = [
         t.detach() - lr * (g + gamma_t * m.pull_back(p)) for t, g, m, p in zip(thetas, grads, model.maps, perps)
     ]
-    result = sgd_step(model, x, y, lr, gamma_t, 1.0, torch.ones(1, dtype=torch.bool))
+    result = train_step(model, x, y, lr, gamma_t, 1.0, torch.ones(1, dtype=torch.bool))
     for m, e in zip(model.maps, expected):
         assert torch.allclose(m.theta, e, rtol=1e-12, atol=1e-14)
     # the Π_{E⊥}A_t it hands to the step log is that of the weights it started from, bit for bit
     assert torch.equal(result.perp, model.space.perp_flat(model.space.flatten([w.detach() for w in weights])))
-    unregularized = sgd_step(model, x, y, lr, 0.0, 1.0, torch.ones(1, dtype=torch.bool))
+    unregularized = train_step(model, x, y, lr, 0.0, 1.0, torch.ones(1, dtype=torch.bool))
     assert unregularized.perp is None

@@ -1,0 +1,149 @@
+"""The field's training recipes end to end (SPEC §12): the config group, the preset, resume, ensembles, bad values."""
+
+
+import pytest
+import torch
+
+from ..helpers import Run, cli, fast_first, kill_and_resume, make_config, rel, scalars, sweep
+
+SMALL = ("dataset.train_limit=100", "dataset.test_limit=30", "batch_size=10", "mode=augreg", "gamma=1")
+
+# Every optimizer with a schedule that does not depend on the run's length (a run stopped by max_steps has
+# another length; the cosine schedule is resumed after a kill below).
+RESUMABLE = [
+    ("optimizer=momentum", "weight_decay=1e-3", "lr_schedule=step", "lr_step_epochs=1", "lr_warmup_epochs=0.5"),
+    ("optimizer=nesterov", "optimizer.decoupled=true", "weight_decay=1e-3"),
+    ("optimizer=adam", "lr=1e-3", "weight_decay=1e-3", "lr_schedule=exp", "lr_decay=0.5"),
+    ("optimizer=adamw", "lr=1e-3", "weight_decay=1e-2", "mode=equivariant"),
+    # a P4CNN trained with the running statistics and the affine of its batch norms (SPEC §12)
+    ("model=p4cnn", "model.channels=[2,2,2,2,2,2]", "recipe=cohen_welling", "batch_size=10", "model.bn_affine=true"),
+]
+
+
+@pytest.mark.parametrize("recipe", fast_first([(r,) for r in RESUMABLE], ids=[r[0] for r in RESUMABLE]))
+def test_a_run_stopped_and_resumed_is_bitwise_identical_with_every_optimizer(run_train, recipe):
+    """Stopped after 15 steps (mid-epoch 2: the checkpoint holds the optimizer state) and resumed: the same
+    weights and the same curves as an uninterrupted run (SPEC §12: the state is checkpointed)."""
+    reference = run_train(*SMALL, *recipe, "epochs=2")
+    stopped = run_train(*SMALL, *recipe, "epochs=2", "max_steps=15")
+    assert torch.load(stopped.dir / "checkpoint.pt", weights_only=True)["optimizer"]["steps"] == 15
+    run_train(*SMALL, *recipe, "epochs=2", f"resume={stopped.dir}", "force_resume=true")
+    resumed = Run(stopped.dir)
+    assert resumed.metrics()["steps"] == reference.metrics()["steps"] == 20
+    assert all(torch.equal(a, b) for a, b in zip(resumed.weights(), reference.weights()))
+    assert scalars(resumed.dir)["loss/data"] == scalars(reference.dir)["loss/data"]
+
+
+@pytest.mark.slow
+def test_an_adam_ensemble_with_a_cosine_schedule_killed_and_resumed_is_bitwise_identical(tmp_path):
+    args = [
+        "dataset.train_limit=300", "dataset.test_limit=30", "epochs=2", "batch_size=1", "mode=augreg",
+        "optimizer=adam", "lr=1e-3", "lr_schedule=cosine", "lr_warmup_epochs=0.5", "seeds=2",
+    ]  # fmt: skip
+    reference, killed = kill_and_resume(tmp_path, args, steps_per_epoch=300)
+    for seed in (0, 1):
+        ref, resumed = reference / f"seed={seed}", killed / f"seed={seed}"
+        assert (resumed / "metrics.json").read_text() == (ref / "metrics.json").read_text()
+        assert scalars(resumed) == scalars(ref)
+
+
+def test_running_statistics_follow_training_and_are_what_evaluation_uses(run_train):
+    """With model.bn_stats=running the training steps move the statistics off their start (mean 0, var 1); the
+    checkpoint holds them, and evaluating the saved model with them gives the run's final acc/test."""
+    from eqtrain.geometry.group import Group
+    from eqtrain.nets.cnn import build_model
+    from eqtrain.training.metrics import evaluate
+
+    overrides = ("model=p4cnn", "model.channels=[2,2,2,2,2,2]", "recipe=cohen_welling", "batch_size=10")
+    run = run_train(*overrides, "dataset.train_limit=100", "dataset.test_limit=30", "epochs=1")
+    cfg = make_config(*overrides)
+    model = build_model(cfg.model, Group.from_name("c4"), (1, 28, 28), 10, False)
+    start = model.norm_stats.clone()
+    model.load_state_dict(torch.load(run.dir / "checkpoint.pt", weights_only=True)["model"])
+    assert start.shape == model.norm_stats.shape == (1, 2 * 2 * 6)  # a mean and a variance per field and layer
+    assert (model.norm_stats - start).abs().min() > 1e-4  # every statistic moved
+    from eqtrain.data.datasets import load_dataset
+    from eqtrain.schema import DatasetConfig
+
+    data = load_dataset(DatasetConfig(train_limit=100, test_limit=30))
+    assert evaluate(model, data, Group.from_name("c4"))[0]["acc/test"] == run.metrics()["acc/test"]
+
+
+def test_every_seed_of_an_adam_ensemble_trains_as_it_would_alone(run_train):
+    """Each seed's Adam moments are its own: seeds=2 gives each seed the weights of its own run (round-off of
+    the grouped convolutions: ≤ 1e-5 in float32, as the plain-SGD ensemble test)."""
+    recipe = (*SMALL, "optimizer=adam", "lr=1e-3", "weight_decay=1e-3", "max_steps=15")
+    together = run_train(*recipe, "seeds=2")
+    for seed in (0, 1):
+        alone = run_train(*recipe, f"seed={seed}")
+        assert rel(Run(together.dir / f"seed={seed}").weights(), alone.weights()) <= 1e-5
+    assert rel(Run(together.dir / "seed=0").weights(), Run(together.dir / "seed=1").weights()) > 1e-2
+
+
+def test_the_recipe_the_optimizer_and_the_coordinates_are_in_the_hparams_and_the_log(run_train, caplog):
+    caplog.set_level("INFO", logger="eqtrain")
+    run = run_train(*SMALL, "optimizer=adam", "lr=1e-3", "lr_schedule=cosine", "max_steps=4", "twin=true")
+    hparams = run.metrics()["hparams"]
+    assert (hparams["optimizer"], hparams["lr_schedule"], hparams["coordinates"]) == ("adam", "cosine", "tied")
+    assert "equivariant coordinates: tied (model.equivariant_coordinates=auto)" in caplog.text
+    assert "optimizer: adam (betas 0.9, 0.999, eps 1e-08), lr 0.001, lr_schedule=cosine" in caplog.text
+    steps, rates = run.scalars("lr/t")
+    assert steps == [0, 1, 2, 3] and rates[0] == pytest.approx(1e-3) and rates[3] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_cohen_welling_recipe_is_one_word_away():
+    cfg = make_config("model=p4cnn", "recipe=cohen_welling")
+    assert (cfg.optimizer.name, cfg.lr, cfg.batch_size, cfg.lr_schedule) == ("adam", 1e-3, 128, "exp")
+    assert cfg.model.bn_stats == "running" and cfg.model.name == "p4cnn"
+    assert make_config("experiment=rotmnist_study", "recipe=cohen_welling").batch_size == 128  # over the preset's 10
+
+
+@pytest.mark.slow
+def test_a_sweep_over_optimizers(tmp_path):
+    """The issue's command at a tiny budget: 3 optimizers x 2 gammas, each job an ensemble."""
+    runs = sweep(
+        tmp_path, "optimizer=sgd,momentum,adam", "mode=augreg", "gamma=1,10", "seeds=2",
+        "dataset.train_limit=40", "dataset.test_limit=20", "epochs=1",
+    )  # fmt: skip
+    assert len(runs) == 6 * 2  # every seed's own metrics.json
+    assert {r["status"] for r in runs} == {"completed"}
+
+
+BAD_RECIPES = [
+    (["optimizer.name=rmsprop"], "optimizer.name='rmsprop' is not valid: use one of sgd, adam, adamw"),
+    (
+        ["optimizer=rmsprop"],
+        "optimizer=rmsprop is not an option of optimizer; valid: adam, adamw, momentum, nesterov, sgd",
+    ),
+    (["optimizer.momentum=1"], "optimizer.momentum=1.0 is not valid: use a number in [0, 1)"),
+    (
+        ["optimizer=adam", "optimizer.momentum=0.9"],
+        "optimizer.momentum=0.9 is not valid: optimizer.name=adam has betas",
+    ),
+    (["optimizer.nesterov=true"], "optimizer.nesterov=True is not valid: Nesterov needs optimizer.momentum > 0"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is not valid: use two numbers in [0, 1)"),
+    (["optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0] is not valid"),
+    (["optimizer.eps=0"], "optimizer.eps=0.0 is not valid: use a finite number > 0"),
+    (["optimizer=adamw", "optimizer.decoupled=false"], "optimizer.decoupled=False is not valid: adamw's weight decay"),
+    (["weight_decay=-1"], "weight_decay=-1.0 is not valid: use a finite number >= 0"),
+    (["weight_decay=nan"], "weight_decay=nan is not valid"),
+    (["optimizer=adamw", "lr=0.1", "weight_decay=10"], "weight_decay=10.0 is not valid: a decoupled decay"),
+    (["lr_schedule=linear"], "lr_schedule='linear' is not valid: use one of constant, step, exp, cosine"),
+    (["lr_decay=0"], "lr_decay=0.0 is not valid: use a number in (0, 1]"),
+    (["lr_decay=1.5"], "lr_decay=1.5 is not valid"),
+    (["lr_step_epochs=0"], "lr_step_epochs=0 is not valid: use an int >= 1"),
+    (["lr_min=1"], "lr_min=1.0 is not valid: use a number in [0, lr=0.02]"),
+    (["lr_warmup_epochs=-1"], "lr_warmup_epochs=-1.0 is not valid: use a number >= 0"),
+    (["model.equivariant_coordinates=basis"], "model.equivariant_coordinates='basis' is not valid: use one of auto"),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides,message", fast_first(BAD_RECIPES, fast=3, ids=[" ".join(o) for o, _ in BAD_RECIPES])
+)
+def test_bad_recipe_values_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, overrides, message):
+    code, err = cli(tmp_path, monkeypatch, capsys, "experiment=smoke", "max_steps=3", *overrides)
+    assert code == 2
+    assert message in err
+    assert err.strip().count("\n") == 0 and err.startswith("eqtrain: error: ")
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
