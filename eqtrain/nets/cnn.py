@@ -1,12 +1,12 @@
 """The CNNs of SPEC §1 and §8, built from a Group, a support and a parametrization.
 
 Layers: conv k×k (zero padding k//2, or none) → average or max pool → activation → a
-normalization (LayerNorm over (H, W) without affine by default, a per-field batch norm, or none),
-repeated, then flatten → linear head (optionally after pooling over the group and the pixels:
-SPEC §11's P4CNN). Every learnable linear map is a ``ParametrizedMap`` paired with the
-``LayerSpace`` that knows its E; the forward pass only ever sees plain weight tensors, so a new
-group or parametrization touches no layer code. The convolution with its pooling is in ``conv``, the
-parameter-free pieces in ``layers``.
+normalization (LayerNorm over (H, W) without affine by default, a per-field batch norm — with batch or
+running statistics in evaluation and an optional affine, SPEC §12 — or none), repeated, then flatten →
+linear head (optionally after pooling over the group and the pixels: SPEC §11's P4CNN). Every
+learnable linear map is a ``ParametrizedMap`` paired with the ``LayerSpace`` that knows its E; the
+forward pass only ever sees plain weight tensors, so a new group or parametrization touches no layer
+code. The convolution with its pooling is in ``conv``, the parameter-free pieces in ``layers``.
 
 Every weight carries a leading seed axis: N seeds of one architecture are one network whose
 convolutions are grouped by seed (N = 1 is a plain convolution), so an ensemble costs like
@@ -22,6 +22,7 @@ joint action of G off them; the forward pass is the same convolution either way.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from ..geometry.parametrization import ParametrizedMap, make_basis
 from ..geometry.support import make_support
 from ..schema import ModelConfig
 from .conv import conv_pool, pool_in_filter
-from .layers import NORMS, POOL_KINDS, group_pool, normalize
+from .layers import BATCH_NORMS, BN_STATS, NORMS, POOL_KINDS, NormBlock, NormState, group_pool, normalize
 from .layers import avg_pool as avg_pool  # re-exported: its home was this module
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,24 @@ class Architecture:
     padding: str = "same"  # one of PADDINGS
     pool_kind: str = "avg"  # one of layers.POOL_KINDS
     group_pool: bool = False  # max over each field's channels, then mean over (H, W), before the head
+    bn_stats: str = "batch"  # a batch norm's statistics in evaluation: one of layers.BN_STATS (SPEC §12)
+    bn_momentum: float = 0.1  # running statistics: r <- (1 - m)·r + m·(the batch's), torch's convention
+    bn_affine: bool = False  # a learnable scale and shift per field after the batch norm
 
     @property
     def layernorm(self) -> bool:
         return self.norm == "layernorm"
+
+    @property
+    def running_stats(self) -> bool:
+        """Whether the batch norm keeps running statistics, to evaluate with (SPEC §12)."""
+        return self.norm in BATCH_NORMS and self.bn_stats == "running"
+
+    @property
+    def couples_images(self) -> bool:
+        """Whether an image's evaluated outputs depend on the other images of its chunk: a batch norm that
+        evaluates with the chunk's own statistics (``layers.normalize``)."""
+        return self.norm in BATCH_NORMS and self.bn_stats == "batch"
 
     def field_types(self, group: Group) -> list[FieldType]:
         """The field types of the input, of every hidden layer, and of the logits (SPEC §9)."""
@@ -168,6 +183,29 @@ def _norm(model_cfg: ModelConfig) -> str:
     return _choice("norm", norm, NORMS)
 
 
+def _batch_norm_keys(model_cfg: ModelConfig, norm: str) -> tuple[str, float, bool]:
+    """``model.bn_stats``, ``model.bn_momentum`` and ``model.bn_affine``, checked (SPEC §12)."""
+    stats, momentum, affine = model_cfg.bn_stats, model_cfg.bn_momentum, model_cfg.bn_affine
+    _choice("bn_stats", stats, BN_STATS)
+    number = isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
+    if not number or not math.isfinite(momentum) or not 0 < momentum <= 1:
+        raise ValueError(
+            f"model.bn_momentum={momentum!r} is not valid; use a number in (0, 1] "
+            "(running statistics r <- (1 - m)·r + m·(the batch's))"
+        )
+    if not isinstance(affine, bool):
+        raise ValueError(f"model.bn_affine={affine!r} is not valid; use true or false")
+    # An affine belongs to a batch norm: refused where there is none to carry it. ``bn_stats`` says which
+    # statistics a batch norm uses, so without one it changes nothing (a recipe sets it for any model;
+    # ``settings.validate`` says so in the log).
+    if affine and norm not in BATCH_NORMS:
+        raise ValueError(
+            f"model.bn_affine=true needs a batch norm, but model.norm={norm!r}; use model.norm="
+            f"{' or '.join(BATCH_NORMS)}, or model.bn_affine=false"
+        )
+    return stats, float(momentum), affine
+
+
 def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, int], n_classes: int) -> Architecture:
     channels = tuple(model_cfg.channels)
     if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
@@ -177,6 +215,8 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
         raise ValueError(f"model.kernel_size={k!r} must be a positive odd integer (1, 3, 5, ...)")
     _choice("activation", model_cfg.activation, tuple(ACTIVATIONS))
     n = len(channels)
+    norm = _norm(model_cfg)
+    bn_stats, bn_momentum, bn_affine = _batch_norm_keys(model_cfg, norm)
     return Architecture(
         in_shape=tuple(in_shape),
         n_classes=n_classes,
@@ -185,12 +225,15 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
         pool=_per_layer(model_cfg.pool, n, "model.pool"),
         stride=_per_layer(model_cfg.stride, n, "model.stride"),
         activation=model_cfg.activation,
-        norm=_norm(model_cfg),
+        norm=norm,
         bias=bool(model_cfg.bias),
         fibers=_fibers(model_cfg.fibers, n),
         padding=_choice("padding", model_cfg.padding, PADDINGS),
         pool_kind=_choice("pool_kind", model_cfg.pool_kind, POOL_KINDS),
         group_pool=bool(model_cfg.group_pool),
+        bn_stats=bn_stats,
+        bn_momentum=bn_momentum,
+        bn_affine=bn_affine,
     )
 
 
@@ -207,6 +250,7 @@ class EqCNN(nn.Module):
         basis_seed: int = 0,
         dtype: torch.dtype = torch.float32,
         n_seeds: int = 1,
+        coordinates: str = "orthonormal",
     ) -> None:
         super().__init__()
         c_in, h, w = arch.in_shape
@@ -214,6 +258,7 @@ class EqCNN(nn.Module):
         arch.check_sizes()
         self._check_exact(arch, constrain)
         self.arch, self.group, self.constrain = arch, group, constrain
+        self.coordinates = coordinates if constrain else None  # E's coordinates (SPEC §12.3); None in L
         k = arch.kernel_size
         generator = torch.Generator().manual_seed(basis_seed)
         spaces, self.maps = [], nn.ModuleList()
@@ -222,7 +267,7 @@ class EqCNN(nn.Module):
         grids = [(k, k, support)] * len(arch.channels) + [(fh, fw, None)]  # the last: the invariant head
         for out_type, in_type, (sh, sw, mask) in zip(types[1:], [*types[:-2], head_in], grids):
             space = LayerSpace(group, sh, sw, mask, dtype, out_type, in_type)
-            basis = make_basis(space, parametrization, constrain, generator)
+            basis = make_basis(space, parametrization, constrain, generator, coordinates)
             spaces.append(space)
             self.maps.append(ParametrizedMap(n_seeds, out_type.channels, in_type.channels, sh * sw, basis, dtype))
         self._check_head(arch, group, spaces[-1], head_in)
@@ -233,6 +278,22 @@ class EqCNN(nn.Module):
         # (A regular field's bias is shared by its |G| channels; see ``logits_at``.)
         sizes = [*arch.channels, arch.n_classes][:n_bias]
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(n_seeds, c, dtype=dtype)) for c in sizes])
+        # The batch norm's statistics per seed and conv block: one per field (SPEC §11), one per channel
+        # for batchnorm_channel. Its affine (SPEC §12) is per field too, hence invariant: not part of A.
+        per_channel = arch.norm == "batchnorm_channel"
+        groups = [m.channels[0] if per_channel else c for m, c in zip(self.maps, arch.channels)]
+        self.norm_groups = tuple(groups) if arch.norm in BATCH_NORMS else ()
+        affine = self.norm_groups if arch.bn_affine else ()
+        self.norm_scale = nn.ParameterList([nn.Parameter(torch.ones(n_seeds, f, dtype=dtype)) for f in affine])
+        self.norm_shift = nn.ParameterList([nn.Parameter(torch.zeros(n_seeds, f, dtype=dtype)) for f in affine])
+        # The running statistics of every block in one buffer, (N, S): block l's means, then its variances,
+        # from mean 0 and variance 1 (torch's). One tensor, so the step can keep a diverged seed's as they
+        # were with one masked copy, as it does ``flat``. Without running statistics it is (N, 0) and not
+        # in the state dict, so models and checkpoints written before it existed still load.
+        running = self.norm_groups if arch.running_stats else ()
+        stats = [torch.full((n_seeds, f), float(v), dtype=dtype) for f in running for v in (0, 1)]
+        stats = torch.cat(stats, 1) if stats else torch.zeros(n_seeds, 0, dtype=dtype)
+        self.register_buffer("norm_stats", stats, persistent=arch.running_stats)
         self.identity_maps = all(m.basis is None and m.orbit_labels is None for m in self.maps)  # θ = A
         flat = torch.cat([p.detach().flatten(1) for p in self.parameter_list()], 1)
         self.register_buffer("flat", flat, persistent=False)
@@ -289,7 +350,7 @@ class EqCNN(nn.Module):
             )
 
     def _link_flat(self) -> None:
-        """Make every parameter (θ of each map, then the biases) a view of ``flat`` (N, P).
+        """Make every parameter (θ of each map, then the invariant ones) a view of ``flat`` (N, P).
 
         The step updates, checks and masks every seed's parameters as one tensor (``training.step``):
         the contract is that ``parameter_list`` names every learnable parameter of the module. One it
@@ -299,7 +360,7 @@ class EqCNN(nn.Module):
         unlisted = [name for name, p in self.named_parameters() if id(p) not in listed]
         if unlisted:
             raise TypeError(
-                f"EqCNN: parameters {unlisted} are not in parameter_list(), so sgd_step (which updates only "
+                f"EqCNN: parameters {unlisted} are not in parameter_list(), so train_step (which updates only "
                 "EqCNN.flat) would never train them: add them to parameter_list()"
             )
         offset = 0
@@ -310,12 +371,40 @@ class EqCNN(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)  # moves or casts the parameters and ``flat`` apart: link them again
-        self._link_flat()
+        self._link_flat()  # (``norm_stats`` moves as one buffer: ``norm_state`` takes its views anew each pass)
         return self
 
     def parameter_list(self) -> list[nn.Parameter]:
-        """θ of each map, then the biases: the order of ``flat``'s columns."""
-        return [*(m.theta for m in self.maps), *self.biases]
+        """θ of each map, then the invariant parameters: the order of ``flat``'s columns."""
+        return [*(m.theta for m in self.maps), *self.invariant_parameters()]
+
+    def invariant_parameters(self) -> list[nn.Parameter]:
+        """The learnable numbers outside A, all G-invariant (one per field or class): the biases, then the
+        batch norm's scales and shifts. ``flat``'s columns after θ's; the regularizer never reaches them."""
+        return [*self.biases, *self.norm_scale, *self.norm_shift]
+
+    def norm_state(self, train: bool = False, update: bool | None = None) -> NormState | None:
+        """The batch norm's state for a forward pass (``layers.NormState``), or None where there is none to
+        carry (no running statistics, no affine: the batch's statistics, as before SPEC §12).
+
+        ``train``: normalize with the batch's statistics and (``update``, default ``train``) move the running
+        ones towards them; else evaluate with the running ones where kept. Evaluation never updates them.
+        """
+        arch = self.arch
+        if not self.norm_groups or not (arch.running_stats or arch.bn_affine):
+            return None
+        blocks, offset = [], 0
+        for i, f in enumerate(self.norm_groups):
+            mean = var = scale = shift = None
+            if arch.running_stats:  # views of the buffer as it is now (a move or a load replaces or refills it)
+                mean, var = self.norm_stats[:, offset : offset + f], self.norm_stats[:, offset + f : offset + 2 * f]
+                offset += 2 * f
+            if arch.bn_affine:
+                scale, shift = self.norm_scale[i], self.norm_shift[i]
+            blocks.append(NormBlock(mean, var, scale, shift))
+        update = train if update is None else update
+        momentum = arch.bn_momentum if train and update and arch.running_stats else None
+        return NormState(tuple(blocks), train, momentum)
 
     def flat_grad(self) -> torch.Tensor:
         """The gradients of the parameters as one (N, P) tensor, in ``flat``'s order (zero where unset)."""
@@ -374,23 +463,49 @@ class EqCNN(nn.Module):
         return max(self.activation_sizes())
 
     def n_params(self) -> int:
-        """Learnable numbers of one seed's network."""
+        """Learnable numbers of one seed's network: θ, the biases and the batch norm's affine (not its
+        running statistics, which are state)."""
         return sum(p.numel() for p in self.parameters()) // self.n_seeds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, B, classes) of every seed on x: (B, C, H, W) shared, or (N, B, C, H, W) per seed."""
-        return logits_at(self.arch, self.weights(), x, list(self.biases) if self.arch.bias else None)
+        return self.logits(x)
+
+    def logits(
+        self,
+        x: torch.Tensor,
+        weights: Sequence[torch.Tensor] | None = None,
+        train: bool = False,
+        update_stats: bool | None = None,
+    ) -> torch.Tensor:
+        """The logits at weights A (default: the model's own) as trained (``train``) or as evaluated.
+
+        A batch norm normalizes with the batch's statistics in training; in evaluation with the running
+        ones where ``model.bn_stats=running``, else with the batch's (x's) as in training (SPEC §12).
+        ``update_stats`` (default: ``train``): whether a training pass moves the running statistics
+        (``norm_stats``, in place) towards the batch's; evaluation never does. The affine applies in both.
+        """
+        weights = self.weights() if weights is None else weights
+        biases = list(self.biases) if self.arch.bias else None
+        return logits_at(self.arch, weights, x, biases, self.norm_state(train, update_stats))
 
 
 def logits_at(
-    arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
+    arch: Architecture,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    biases: Sequence[torch.Tensor] | None = None,
+    norm: NormState | None = None,
 ) -> torch.Tensor:
     """The N networks of ``arch`` at weights A (one (N, out, in, s) tensor per layer): the forward pass.
 
     ``x`` is (B, C, H, W), shown to every seed, or (N, B, C, H, W), one batch per seed. The seeds'
-    channels are stacked and each convolution is grouped by seed (for N = 1, a plain one).
+    channels are stacked and each convolution is grouped by seed (for N = 1, a plain one). ``norm``: the
+    batch norm's running statistics and affine, and whether to train or evaluate (``EqCNN.norm_state``);
+    None: the batch's statistics, no affine.
     """
-    h = deque(block_outputs(arch, weights, x, biases), maxlen=1)[0]  # the last block's map (one held at a time)
+    # the last block's map (one held at a time)
+    h = deque(block_outputs(arch, weights, x, biases, norm), maxlen=1)[0]
     return head_at(arch, weights, h, biases)
 
 
@@ -409,14 +524,18 @@ def head_at(
 
 
 def block_outputs(
-    arch: Architecture, weights: Sequence[torch.Tensor], x: torch.Tensor, biases: Sequence[torch.Tensor] | None = None
+    arch: Architecture,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    biases: Sequence[torch.Tensor] | None = None,
+    norm: NormState | None = None,
 ) -> Iterator[torch.Tensor]:
     """The output φ_l of every conv block l, in order: conv → pool → activation → normalization.
 
     Each is (B, N·C_l, H_l, W_l), the seeds' channels stacked seed-major (``x`` and the weights as in
     ``logits_at``, which reads the last one). One map at a time, so a caller that keeps none of them
     (the logits) holds one block's activations, and one that keeps them all (``layer_equivariance``)
-    sees exactly the maps the logits are computed from.
+    sees exactly the maps the logits are computed from. ``norm`` as in ``logits_at``.
     """
     n = weights[0].shape[0]
     if x.dim() == 5:
@@ -434,7 +553,11 @@ def block_outputs(
         h = conv_pool(h, filters, bias, arch.stride[i], pad, groups, arch.pool[i], arch.pool_kind)
         h = act(h)
         if arch.norm != "none":
-            h = normalize(h, arch.norm, a.shape[1] // arch.channels[i])  # channels per field: 1 or |G|
+            size = a.shape[1] // arch.channels[i]  # channels per field: 1 or |G|
+            if norm is None:
+                h = normalize(h, arch.norm, size)
+            else:
+                h = normalize(h, arch.norm, size, norm.blocks[i], norm.train, norm.momentum)
         yield h
 
 
@@ -446,7 +569,11 @@ def build_model(
     constrain: bool,
     dtype: torch.dtype = torch.float32,
     n_seeds: int = 1,
+    coordinates: str = "orthonormal",
 ) -> EqCNN:
+    """The model of ``model_cfg``; ``coordinates``: E's coordinates when ``constrain`` (SPEC §12.3)."""
     arch = architecture_from_config(model_cfg, in_shape, n_classes)
     support = make_support(model_cfg.support, arch.kernel_size)
-    return EqCNN(arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype, n_seeds)
+    return EqCNN(
+        arch, group, support, model_cfg.parametrization, constrain, model_cfg.basis_seed, dtype, n_seeds, coordinates
+    )

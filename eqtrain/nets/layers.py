@@ -17,10 +17,15 @@ exactly where SPEC §1, §9 and §11 say it does:
   features of the others, so a network with it is not G-equivariant image by image;
 - group pooling: the maximum over a regular field's |G| channels, which g only permutes.
 
-None of them has learnable weights, so none adds to A or to ``EqCNN.flat``.
+None of them has weights in A. The batch norm's optional affine scale and shift (SPEC §12) are learnable
+numbers in ``EqCNN.flat``, one per seed and field (per channel for ``batchnorm_channel``): shared by a
+field's channels, they are G-invariant, like the biases, and not part of A. Its running statistics
+(``NormBlock``) are state, not parameters: ``EqCNN.norm_stats``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +34,10 @@ POOL_KINDS = ("avg", "max")
 # layernorm: over (H, W) per channel (SPEC §1); batchnorm: per field (SPEC §11); batchnorm_channel: per
 # channel, as torch's BatchNorm2d (not G-equivariant on regular fields); none.
 NORMS = ("layernorm", "batchnorm", "batchnorm_channel", "none")
-BATCH_NORMS = ("batchnorm", "batchnorm_channel")  # the norms that couple the images of a batch
+BATCH_NORMS = ("batchnorm", "batchnorm_channel")  # the norms that couple the images of a batch (in training)
+# A batch norm's statistics in evaluation (SPEC §12): the chunk's own (batch), or running averages kept
+# in training (running); in training it always normalizes with the batch's.
+BN_STATS = ("batch", "running")
 BN_EPS = 1e-5  # torch's BatchNorm default
 LN_EPS = 1e-5  # torch's LayerNorm (and GroupNorm) default
 # With autograd, maps of at least this many numbers are pooled by ``_AvgPool``: measured faster than
@@ -101,28 +109,88 @@ def pool(x: torch.Tensor, p: int, kind: str) -> torch.Tensor:
     return avg_pool(x, p) if kind == "avg" else F.max_pool2d(x, p)
 
 
-def normalize(x: torch.Tensor, norm: str, field_size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class NormBlock:
+    """One conv block's batch-norm state (SPEC §12), each (N, F): F statistics per seed — one per field for
+    ``batchnorm``, per channel for ``batchnorm_channel``.
+
+    ``mean``, ``var``: running statistics (views of ``EqCNN.norm_stats``, written in place by a training
+    pass that updates them), or None (batch statistics in evaluation too); ``scale``, ``shift``: the
+    learnable affine (views of ``EqCNN.flat``), or None.
+    """
+
+    mean: torch.Tensor | None = None
+    var: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class NormState:
+    """The network's batch-norm state for one forward pass: a ``NormBlock`` per conv block, and how to use it.
+
+    ``train``: normalize with the batch's statistics (else with the running ones, where kept);
+    ``momentum``: in training, move the running statistics towards the batch's by this much (None: leave
+    them as they are).
+    """
+
+    blocks: tuple[NormBlock, ...]
+    train: bool = False
+    momentum: float | None = None
+
+
+def normalize(
+    x: torch.Tensor,
+    norm: str,
+    field_size: int,
+    block: NormBlock | None = None,
+    train: bool = True,
+    momentum: float | None = None,
+) -> torch.Tensor:
     """The block's normalization of maps (B, N·C, H, W) whose fields have ``field_size`` channels.
 
-    ``batchnorm`` uses the statistics of the batch it is given — in training the step's batch, in
-    evaluation the chunk of images (``metrics.eval_chunk``) — with no running averages and no affine.
-    Why: running averages would be state outside A, written by the forward pass, that checkpoints,
-    resume, the twin and the functional forward pass (``logits_at`` at weights A) would all have to
-    carry. With batch statistics the network stays a function of (A, batch); the price is that an
-    image's outputs depend on the other images of its batch. The statistics of g·batch equal those
-    of the batch, whether the batch is turned as a whole or image by image, so the block stays exactly
-    G-equivariant.
+    ``batchnorm`` normalizes with one mean and variance per seed and per field (``batchnorm_channel``: per
+    channel; everything below holds for it, except G-equivariance on regular fields). Without a ``block`` (the
+    default, ``model.bn_stats=batch``, no affine) those are the statistics of the batch it is given — in
+    training the step's batch, in evaluation the chunk of images (``metrics.eval_chunk``): the network
+    stays a function of (A, batch), as in the earlier studies, whose numbers this reproduces bit for bit;
+    the price is that an image's outputs depend on the other images of its batch. With a ``block``
+    holding running statistics (``model.bn_stats=running``, SPEC §12, as C&W evaluate P4CNN) a training
+    pass (``train``) still normalizes with the batch's statistics and, given a ``momentum`` m, updates the
+    running ones as torch's BatchNorm does, r ← (1 − m)·r + m·(the batch's; unbiased for the variance);
+    evaluation (not ``train``) normalizes with the running ones, so each image's output depends on that
+    image alone. A block's ``scale`` and ``shift`` are applied after either. Per field, every one of
+    these numbers is the same for the |G| channels g permutes, so the block stays exactly G-equivariant:
+    the batch statistics of g·batch equal those of the batch, whether the batch is turned as a whole or
+    image by image, and the running ones and the affine do not depend on the image at all.
     """
     if norm == "layernorm":
         return layer_norm(x)
-    if norm in BATCH_NORMS:
-        size = field_size if norm == "batchnorm" else 1
-        b, c, h, w = x.shape
-        # F.batch_norm takes one mean and variance per index of axis 1, over every other axis: here
-        # (seed, field), over the batch, the field's channels and the pixels — never across seeds.
-        grouped = x.reshape(b, c // size, size, h, w)
+    if norm not in BATCH_NORMS:
+        return x
+    size = field_size if norm == "batchnorm" else 1
+    b, c, h, w = x.shape
+    # F.batch_norm takes one mean and variance per index of axis 1, over every other axis: here
+    # (seed, field), over the batch, the field's channels and the pixels — never across seeds.
+    grouped = x.reshape(b, c // size, size, h, w)
+    if block is None:
         return F.batch_norm(grouped, None, None, training=True, eps=BN_EPS).view(b, c, h, w)
-    return x
+    scale = None if block.scale is None else block.scale.reshape(-1)  # (N, F) → (N·F,), axis 1's order
+    shift = None if block.shift is None else block.shift.reshape(-1)
+    if block.mean is None or (train and momentum is None):  # the batch's statistics, nothing to update
+        out = F.batch_norm(grouped, None, None, scale, shift, training=True, eps=BN_EPS)
+    elif train:
+        # F.batch_norm updates the running statistics it is given in place, on (N·F,) contiguous tensors:
+        # a slice of the (N, S) buffer is not one for N > 1, so it updates copies, written back after.
+        mean, var = (t.clone(memory_format=torch.contiguous_format).view(-1) for t in (block.mean, block.var))
+        out = F.batch_norm(grouped, mean, var, scale, shift, training=True, momentum=momentum, eps=BN_EPS)
+        with torch.no_grad():
+            block.mean.copy_(mean.view_as(block.mean))
+            block.var.copy_(var.view_as(block.var))
+    else:
+        mean, var = block.mean.reshape(-1), block.var.reshape(-1)
+        out = F.batch_norm(grouped, mean, var, scale, shift, training=False, eps=BN_EPS)
+    return out.view(b, c, h, w)
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The memory model: how much memory a run needs, from its seeds, batch, images and model width.
 
 A run holds, beside the interpreter and its data set (loaded before the check):
-- per weight entry of every seed (N·P entries): the parameters, their gradients and the step's
-  copies in the run's dtype, and Π_{E⊥}A in float64 (``WEIGHT_COPIES``, ``PERP_BYTES``);
+- per weight entry of every seed (N·P entries, ``EqCNN.flat``: θ, the biases and a batch norm's affine):
+  the parameters, their gradients and the step's copies in the run's dtype, and Π_{E⊥}A in float64
+  (``WEIGHT_COPIES``, ``PERP_BYTES``); a batch norm's running statistics (two numbers per field) are
+  too few to count;
 - the step log's held copies of A_t, at most ``HOLD_ENTRIES`` + N·P entries;
 - the training step's activations: N seeds × batch × (|G| under orbit augmentation) images, each
   with what autograd keeps of every conv block and the backward pass's gradients

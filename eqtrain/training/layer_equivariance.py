@@ -9,13 +9,15 @@ SPEC §7's ``equiv/test_error`` is the same measure on the logits. On E every e_
 the profile over l says where a network breaks the symmetry (d(A) measures weights, e_l functions).
 
 Logged at each evaluation as ``equiv/layer/<conv>`` (``metrics.evaluate``), on the test set, at the
-model's own weights, in chunks of images as the rest of the evaluation. With a batch norm, each image of
-a chunk is turned by its own g — image j by g_{(j + s) mod |G|}, for s = 0 … |G|−1, so every image
-meets every g once. Why: a batch norm couples the images of a batch, and per-image equivariance asks
-that turning one image changes nothing for the others. Per-field statistics pass (g permutes the
-numbers a field's statistics average over, image by image); per-channel ones pass only when the whole
-batch turns together (SPEC §11), and this sees it. Without one, the images are independent: the chunk
-turns as a whole, and the identity's term, 0 exactly (the same forward pass twice), is not computed.
+model's own weights, evaluated as such (``EqCNN.norm_state``: running statistics where kept), in chunks
+of images as the rest of the evaluation. With a batch norm of batch statistics, each image of a chunk is
+turned by its own g — image j by g_{(j + s) mod |G|}, for s = 0 … |G|−1, so every image meets every g
+once. Why: such a batch norm couples the images of a batch, and per-image equivariance asks that turning
+one image changes nothing for the others. Per-field statistics pass (g permutes the numbers a field's
+statistics average over, image by image); per-channel ones pass only when the whole batch turns
+together (SPEC §11), and this sees it. Otherwise — no batch norm, or one evaluated with running
+statistics (SPEC §12) — the images are independent: the chunk turns as a whole, and the identity's
+term, 0 exactly (the same forward pass twice), is not computed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import torch
 
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN, block_outputs
-from ..nets.layers import BATCH_NORMS
 
 
 def layer_tags(names: Sequence[str]) -> tuple[str, ...]:
@@ -45,16 +46,17 @@ def layer_errors(
     arch = model.arch
     weights = model.weights() if weights is None else weights
     biases = list(model.biases) if arch.bias else None
+    norm = model.norm_state(train=False)  # evaluated: running statistics where kept, never updated
     n = weights[0].shape[0]
     perms = channel_perms(arch, group, x.device)
     sums = torch.zeros(len(perms), n, dtype=torch.float64, device=x.device)
-    coupled = int(arch.norm in BATCH_NORMS)  # 1: the images of a batch share statistics, each gets its own g
+    coupled = int(arch.couples_images)  # 1: the images of a batch share statistics, each gets its own g
     for i in range(0, len(x), chunk):
         batch = x[i : i + chunk]
-        base = reference_maps(block_outputs(arch, weights, batch, biases), n)
+        base = reference_maps(block_outputs(arch, weights, batch, biases, norm), n)
         for shift in range(0 if coupled else 1, group.order):
             elements = (torch.arange(len(batch)) * coupled + shift) % group.order  # image j turned by g_j
-            moved = block_outputs(arch, weights, _act_each(group, batch, elements), biases)
+            moved = block_outputs(arch, weights, _act_each(group, batch, elements), biases, norm)
             sums += error_sums(group, base, moved, elements, perms)
     return dict(zip(layer_tags(model.layer_names[:-1]), sums / (len(x) * group.order)))
 

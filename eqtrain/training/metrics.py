@@ -10,7 +10,7 @@ from ..data.datasets import Data
 from ..geometry.group import Group
 from ..geometry.network_space import distance_tags
 from ..nets.cnn import EqCNN, block_outputs, head_at, logits_at
-from ..nets.layers import BATCH_NORMS
+from ..nets.layers import NormState
 from .layer_equivariance import channel_perms, error_sums, layer_errors, layer_tags, reference_maps
 
 # What a run reports at the end, in the hparams (TensorBoard's HParams tab) and per evaluation.
@@ -27,19 +27,21 @@ HPARAM_METRICS = (
 
 def step_tags(layer_names: Sequence[str]) -> tuple[str, ...]:
     """The per-step scalars, in ``step_rows`` order."""
-    return ("loss/data", "loss/reg", "loss/total", "gamma/t", *distance_tags(layer_names))
+    return ("loss/data", "loss/reg", "loss/total", "gamma/t", "lr/t", *distance_tags(layer_names))
 
 
-def step_rows(loss: torch.Tensor, dist: torch.Tensor, gamma: torch.Tensor, data_scale: float) -> torch.Tensor:
-    """Per seed (and step): R, γΓ = γ/2·d², data_scale·R + γΓ, γ_t, then the distances (``Distances.values``).
+def step_rows(
+    loss: torch.Tensor, dist: torch.Tensor, gamma: torch.Tensor, lr: torch.Tensor, data_scale: float
+) -> torch.Tensor:
+    """Per seed (and step): R, γΓ = γ/2·d², data_scale·R + γΓ, γ_t, η_t, then the distances (``Distances.values``).
 
-    loss (...), dist (..., layers + 2) and gamma (...) share their leading axes; the rows are (..., tags).
+    loss (...), dist (..., layers + 2), gamma (...) and lr (...) share their leading axes; the rows are (..., tags).
     """
     data = loss.to(dist.dtype)
     gamma = gamma.to(dist.dtype).expand_as(data)
     reg = dist[..., -2].square() * (0.5 * gamma)
     total = data * data_scale + reg if data_scale != 1 else data + reg
-    return torch.cat([torch.stack([data, reg, total, gamma], dim=-1), dist], dim=-1)
+    return torch.cat([torch.stack([data, reg, total, gamma, lr.to(dist.dtype).expand_as(data)], dim=-1), dist], dim=-1)
 
 
 # The widest activation of one evaluation chunk, all seeds together. Under glibc's largest mmap
@@ -69,20 +71,26 @@ def evaluate(
     its accuracy is what the run would give if snapped onto E. ``train_images``: acc/train on the
     first that many training images (None: all). Every figure is a sum over chunks of images, each
     chunk's activations within ``budget`` bytes, so memory does not grow with the data set; with a
-    batch norm, chunks of ``batch_norm_chunk`` images (the run's batch size).
+    batch norm that evaluates with batch statistics, chunks of ``batch_norm_chunk`` images (the run's
+    batch size). Everything is evaluated as such (``EqCNN.norm_state``): running statistics where the
+    model keeps them, never updated.
     """
     weights = model.weights()
     biases = list(model.biases) if model.arch.bias else None
-    # A batch norm normalizes with the statistics of the images it is given (nets/layers.py): evaluated in
-    # chunks of the training batch's size, its statistics are over as many images as in training.
-    coupled = model.arch.norm in BATCH_NORMS  # the images of a chunk share the norm's statistics
+    norm = model.norm_state(train=False)
+    # A batch norm of batch statistics normalizes with those of the images it is given (nets/layers.py):
+    # evaluated in chunks of the training batch's size, its statistics are over as many images as in
+    # training. With running statistics (SPEC §12) each image's outputs depend on that image alone.
+    coupled = model.arch.couples_images  # the images of a chunk share the norm's statistics
     chunk = batch_norm_chunk if coupled else eval_chunk(model, budget)
     n_train = len(data.y_train) if train_images is None else min(train_images, len(data.y_train))
     n_test, orbit = len(data.y_test), len(data.y_test) * group.order
-    train = _correct(model.arch, weights, biases, data.x_train[:n_train], data.y_train[:n_train], chunk)
-    own = _orbit_sums(model.arch, weights, biases, data, group, chunk, errors=True, layers=not coupled)
-    # the projected model's weights are made once per evaluation
-    snapped = _orbit_sums(model.arch, model.space.project_e(weights), biases, data, group, chunk)
+    train = _correct(model.arch, weights, biases, data.x_train[:n_train], data.y_train[:n_train], chunk, norm)
+    own = _orbit_sums(model.arch, weights, biases, data, group, chunk, norm, errors=True, layers=not coupled)
+    # The projected model Π_E(A) (made once per evaluation) keeps the model's biases, running statistics
+    # and affine: one number per field (or class), hence G-invariant, so it stays exactly equivariant.
+    # (Per-channel statistics of regular fields, batchnorm_channel, are not: no network with them is.)
+    snapped = _orbit_sums(model.arch, model.space.project_e(weights), biases, data, group, chunk, norm)
     values = {
         "acc/train": train / n_train,
         "acc/test": own["acc/test"] / n_test,
@@ -92,8 +100,9 @@ def evaluate(
         "acc/test_projected": snapped["acc/test"] / n_test,
         "acc/test_orbit_projected": snapped["acc/test_orbit"] / orbit,
     }
-    # equiv/layer/<conv>: e_l at A (SPEC §11), from the orbit's own forward passes unless a batch norm
-    # couples the images of a chunk (then each image is turned on its own: ``layer_equivariance``)
+    # equiv/layer/<conv>: e_l at A (SPEC §11), from the orbit's own forward passes unless a batch norm of
+    # batch statistics couples the images of a chunk (then each image is turned on its own:
+    # ``layer_equivariance``)
     if coupled:
         values.update(layer_errors(model, data.x_test, group, chunk))
     else:
@@ -102,21 +111,31 @@ def evaluate(
     return [dict(zip(values, row)) for row in rows]
 
 
-def _correct(arch, weights, biases, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+def _correct(
+    arch, weights, biases, x: torch.Tensor, y: torch.Tensor, chunk: int, norm: NormState | None = None
+) -> torch.Tensor:
     """(N,) float64: each seed's number of correctly classified images of x."""
     total = torch.zeros(weights[0].shape[0], dtype=torch.float64, device=x.device)
     for i in range(0, len(x), chunk):
-        total += (logits_at(arch, weights, x[i : i + chunk], biases).argmax(-1) == y[i : i + chunk]).sum(1)
+        total += (logits_at(arch, weights, x[i : i + chunk], biases, norm).argmax(-1) == y[i : i + chunk]).sum(1)
     return total
 
 
 def _orbit_sums(
-    arch, weights, biases, data: Data, group: Group, chunk: int, errors: bool = False, layers: bool = False
+    arch,
+    weights,
+    biases,
+    data: Data,
+    group: Group,
+    chunk: int,
+    norm: NormState | None = None,
+    errors: bool = False,
+    layers: bool = False,
 ) -> dict[str, torch.Tensor]:
     """(N,) float64 sums over the test set and its |G| transforms: correct at g = e, correct over the
     orbit, and (``errors``) ‖f(g·x) − f(x)‖ / ‖f(x)‖ and whether every g·x gets x's class; and
     (``layers``) per hidden layer ‖φ_l(g·x) − ρ_l(g)·φ_l(x)‖ / ‖φ_l(x)‖ ("layers",
-    (layers, N)) from the same forward passes."""
+    (layers, N)) from the same forward passes. ``norm``: the batch norm's state (``EqCNN.norm_state``)."""
     n, device = weights[0].shape[0], data.x_test.device
     keys = ("acc/test", "acc/test_orbit") + (("equiv/test_error", "equiv/test_consistency") if errors else ())
     sums = {key: torch.zeros(n, dtype=torch.float64, device=device) for key in keys}
@@ -128,9 +147,9 @@ def _orbit_sums(
         for g in range(group.order):
             xg = group.act(x, g)
             if not layers:
-                logits.append(logits_at(arch, weights, xg, biases))
+                logits.append(logits_at(arch, weights, xg, biases, norm))
                 continue
-            maps = list(block_outputs(arch, weights, xg, biases))
+            maps = list(block_outputs(arch, weights, xg, biases, norm))
             logits.append(head_at(arch, weights, maps[-1], biases))
             if g == 0:
                 base = reference_maps(maps, n)  # φ_l(x) (B, N, C, H, W) and its norms
