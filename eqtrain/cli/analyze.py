@@ -1,4 +1,5 @@
-"""eqtrain-analyze: is E an attractor at a finished run's weights? γ_crit and the SGD window (SPEC §5.4)."""
+"""eqtrain-analyze: is E an attractor at a finished run's weights? γ_crit and the window of the run's optimizer
+(SPEC §5.4, §12.4)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eqtrain-analyze",
         description="Stability of E at a finished run's weights: extreme eigenvalues of the Hessian of R^aug "
-        "on E-perp and on E, gamma_crit and the SGD window (SPEC §5.4). Writes RUN_DIR/stability.json and "
-        "stability/* scalars to the run's TensorBoard.",
+        "on E-perp and on E, gamma_crit and the window of gamma for the run's optimizer (SPEC §5.4, §12.4). "
+        "Writes RUN_DIR/stability.json and stability/* scalars to the run's TensorBoard.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished eqtrain run directory")
     parser.add_argument("--samples", type=int, default=256, help="first N training images (default 256)")
     parser.add_argument("--iterations", type=int, default=40, help="Lanczos steps per block (default 40)")
-    parser.add_argument("--lr", type=float, default=None, help="step size of the window (default: the run's lr)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="step size of the window (default: the run's lr, the peak of its schedule)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector (default 0)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to compute (default cpu)")
     parser.add_argument(
@@ -39,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..analysis.stability import analyze_run, summary
     from ..data.datasets import DataDamaged, DataUnavailable
+    from ..training.analyze import optimizer_of_run
     from ..training.finished_run import RestoreError, restore
 
     def fail(message: str) -> int:
@@ -63,21 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(
             f"cannot write {STABILITY_FILE} into {str(run_dir)!r} ({problem}); analyze a copy of the run directory"
         )
-    cfg = restored.settings.config
-    lr = cfg.lr if args.lr is None else args.lr
-    if not (math.isfinite(lr) and lr > 0):
-        return fail(f"--lr={lr!r} is not valid: use a finite number > 0")
+    optimizer = optimizer_of_run(restored.settings, args.lr)  # the run's update rule, its gamma and lr
+    if not (math.isfinite(optimizer["lr"]) and optimizer["lr"] > 0):
+        return fail(f"--lr={optimizer['lr']!r} is not valid: use a finite number > 0")
     result = analyze_run(
         restored.model,
         restored.data,
         restored.group,
-        lr,
-        run_dir,
-        restored.step,
+        run_dir=run_dir,
+        step=restored.step,
         samples=args.samples,
         iterations=args.iterations,
         seed=args.seed,
-        data_scale=cfg.data_scale,
+        data_scale=restored.settings.config.data_scale,
+        **optimizer,
     )
     print(summary(result))
     print(f"-> {run_dir / STABILITY_FILE}")

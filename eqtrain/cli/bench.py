@@ -36,12 +36,12 @@ from ..geometry.group import Group
 from ..nets.cnn import EqCNN, build_model
 from ..nets.conv import pool_in_filter
 from ..nets.init import initial_weights_of_seeds
+from ..optim.optimizer import Optimizer, UpdateRule
 from ..run.machine import retain_freed_memory
 from ..run.tblog import RunLogger
 from ..schema import ModelConfig
 from ..training.metrics import evaluate, step_tags
 from ..training.modes import MODES, Dynamics
-from ..training.optimizer import Optimizer, UpdateRule
 from ..training.step import train_step
 from ..training.steplog import StepLog
 

@@ -23,7 +23,7 @@ from .schedule import LR_SCHEDULES, SCHEDULES, GammaSchedule, StepSizeSchedule
 if TYPE_CHECKING:
     import torch
 
-    from .optimizer import UpdateRule
+    from ..optim.optimizer import UpdateRule
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Settings:
     @property
     def update_rule(self) -> UpdateRule:
         """The optimizer of every phase (SPEC §12): ``optimizer`` and ``weight_decay``."""
-        from .optimizer import UpdateRule  # (torch: not before a bad value is answered)
+        from ..optim.optimizer import UpdateRule  # (torch: not before a bad value is answered)
 
         opt = self.config.optimizer
         decoupled = opt.name == "adamw" if opt.decoupled is None else opt.decoupled

@@ -15,7 +15,7 @@ import torch
 
 from ..data.datasets import Data
 from ..nets.cnn import EqCNN
-from .optimizer import Optimizer, UpdateRule
+from ..optim.optimizer import Optimizer, UpdateRule
 
 
 def generator(seed: int, stream: int) -> torch.Generator:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nets.cnn import EqCNN
-from .optimizer import Optimizer
+from ..optim.optimizer import Optimizer
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """The field's training recipes end to end (SPEC §12): the config group, the preset, resume, ensembles, bad values."""
 
-
 import pytest
 import torch
 

@@ -1,7 +1,8 @@
-"""Stability of E under augmented training: H_⊥, γ_crit and the SGD window (SPEC §5.4, §5.6).
+"""Stability of E under augmented training: H_⊥, γ_crit and the window of the optimizer (SPEC §5.4, §5.6, §12.4).
 
 Small CNNs on 12x12 digits, float64, so that the Hessian statements can be checked against a
-dense Hessian and the predicted contraction rates against the real SGD step.
+dense Hessian and the predicted contraction rates against the real SGD step; for momentum, Nesterov
+and weight decay, the rate of one eigendirection against the optimizers iterated on a 1-D quadratic.
 """
 
 import json
@@ -12,16 +13,27 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from eqtrain.analysis.stability import AugmentedRisk, analyze, analyze_run
+from eqtrain.analysis.stability import (
+    AugmentedRisk,
+    analyze,
+    analyze_run,
+    gamma_window,
+    momentum_rate,
+    step_window,
+    summary,
+)
 from eqtrain.cli.analyze import main
+from eqtrain.cli.train import settings_of
 from eqtrain.data.augment import Augmenter
 from eqtrain.data.datasets import load_dataset
 from eqtrain.geometry.group import Group
 from eqtrain.nets.cnn import build_model, logits_at
 from eqtrain.nets.init import initial_weights
+from eqtrain.optim.optimizer import Optimizer, UpdateRule
 from eqtrain.run.files import STABILITY_FILE
 from eqtrain.run.tblog import RunLogger
-from eqtrain.training.step import sgd_step
+from eqtrain.training.analyze import optimizer_of_run
+from eqtrain.training.step import train_step
 
 from ..helpers import TINY, fast_first, make_config, train_config
 
@@ -47,7 +59,7 @@ def start(model, sigma: float, seed: int = 0):
 
 def gd_step(model, x, y, gamma: float, lr: float) -> None:
     """One step of the training loop's own SGD (one seed, the whole batch)."""
-    sgd_step(model, x[None], y[None], lr, gamma, 1.0, torch.ones(1, dtype=torch.bool))
+    train_step(model, x[None], y[None], lr, gamma, 1.0, torch.ones(1, dtype=torch.bool))
 
 
 def sq_norm(v) -> float:
@@ -62,6 +74,27 @@ def test_logits_at_the_model_weights_are_the_model_output():
             b.normal_()
         x = data.x_train
         assert torch.equal(logits_at(model.arch, model.weights(), x, list(model.biases)), model(x))
+
+
+def test_the_analysed_risk_is_the_training_loss_of_a_batch_norm_with_an_affine():
+    """With model.bn_affine (and running statistics kept for evaluation), R^aug is the loss the training step
+    sees: the batch's statistics and the seed's own learned scale and shift (SPEC §12), not the running ones."""
+    bn = ("model.norm=batchnorm", "model.bn_stats=running", "model.bn_affine=true", "model.layernorm=false")
+    _, data, model = small_model(*bn, samples=8)
+    model = build_model(model_config(*bn), C4, data.image_shape, data.n_classes, False, torch.float64, n_seeds=2)
+    with torch.no_grad():
+        model.flat.normal_(0, 0.3)  # weights, scales and shifts of both seeds
+        model.norm_stats.normal_(0, 1).abs_()  # running statistics that are not the batch's
+    risk = AugmentedRisk(model, data.x_train, data.y_train, C4, seed_index=1, chunk=10_000)
+    xg, yg = risk.x, risk.y
+    expected = F.cross_entropy(model.logits(xg, train=True, update_stats=False)[1], yg)
+    assert risk.loss().item() == pytest.approx(expected.item(), rel=1e-12)
+    evaluated = F.cross_entropy(model.logits(xg)[1], yg)  # with the running statistics: another number
+    assert abs(evaluated.item() - expected.item()) > 1e-3
+
+
+def model_config(*overrides: str):
+    return make_config(*SMALL, *overrides).model
 
 
 def orthonormal_basis(project, like) -> torch.Tensor:
@@ -310,3 +343,202 @@ def test_analyze_true_at_the_end_of_a_run(run_train):
     assert result["gamma_crit"] == max(0.0, -result["lambda_min_perp"])
     steps, values = run.scalars("stability/gamma_crit")
     assert steps == [5] and values[0] == pytest.approx(result["gamma_crit"], rel=1e-6)
+
+
+# -- SPEC §12.4: the window of the run's optimizer -------------------------------------------------
+# One E⊥ eigendirection of curvature μ = λ + γ (+ a coupled weight decay) under SGD with step η and
+# momentum β is a 1-D quadratic ½μξ²; h = ημ, d = ηλ_wd of a decoupled decay.
+HEAVY_BALL = [  # (β, h): real roots with one dominant, complex pairs, outside the window
+    (0.9, 0.001), (0.9, 0.5), (0.9, 3.7), (0.5, 0.05), (0.5, 1.0), (0.5, 2.95), (0.5, 3.1), (0.9, -0.01),
+]  # fmt: skip
+NESTEROV = [(0.9, 0.01), (0.9, 0.5), (0.9, 1.3), (0.9, 1.4), (0.5, 1.2), (0.5, 1.6)]
+
+
+def update_matrix(h: float, beta: float, nesterov: bool, d: float = 0.0) -> torch.Tensor:
+    """The linear map (ξ_t, u_{t−1}) -> (ξ_{t+1}, u_t), u = η·v, written from torch.optim.SGD's update
+    (v_t = βv_{t−1} + μξ_t; step v_t, or μξ_t + βv_t for Nesterov; A ← (1 − d)A first when decoupled),
+    not from the characteristic polynomial the rate function uses."""
+    if nesterov:  # ξ_{t+1} = (1 − d − h)ξ_t − β(βu_{t−1} + hξ_t)
+        rows = [[1 - d - h * (1 + beta), -beta * beta], [h, beta]]
+    else:  # ξ_{t+1} = (1 − d)ξ_t − (βu_{t−1} + hξ_t)
+        rows = [[1 - d - h, -beta], [h, beta]]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def read_rate(xs: list[float], complex_pair: bool) -> float:
+    """max|z| read off the last iterates of a two-term linear recurrence, without its coefficients.
+
+    Real roots: once the dominant root alone survives, |ξ_{t+1}/ξ_t| (the cases keep the other below
+    1e-12 of it after 400 steps). A complex pair z, z̄: |ξ_t| beats, but ξ_t² − ξ_{t+1}ξ_{t−1} is
+    proportional to (z z̄)^t exactly, so the ratio of two consecutive ones is |z|².
+    """
+    if not complex_pair:
+        return abs(xs[-1] / xs[-2])
+    hankel = [xs[t] ** 2 - xs[t + 1] * xs[t - 1] for t in (len(xs) - 3, len(xs) - 2)]
+    return math.sqrt(hankel[1] / hankel[0])
+
+
+def is_complex(h: float, beta: float, nesterov: bool, d: float = 0.0) -> bool:
+    return bool(torch.linalg.eigvals(update_matrix(h, beta, nesterov, d)).imag.abs().max() > 0)
+
+
+def assert_rate(measured: float, predicted: float, rel: float = 1e-6) -> None:
+    """Equal per-step rates: |log measured − log predicted| ≤ rel·|log predicted|."""
+    assert abs(math.log(measured) - math.log(predicted)) <= rel * abs(math.log(predicted))
+
+
+@pytest.mark.parametrize("d", [0.0, 0.02])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_rate_is_the_spectral_radius_of_the_update(nesterov, d):
+    """SPEC §12.4: ``momentum_rate`` = max|eigenvalue| of the update's own 2×2 matrix (1e-9 relative, or
+    1e-7 absolute where the roots nearly coincide and eigvals costs √ε: Nesterov at ημ = 1 has the
+    double root 0), for β ∈ {0, 0.5, 0.9, 0.99} and h across both
+    ends of the window, with and without a decoupled decay. Heavy ball without one: never below √β.
+    With β = 0 it is |1 − h − d| (to round-off): plain SGD, where a decoupled decay is a coupled one."""
+    eta = 0.1
+    for beta in (0.0, 0.5, 0.9, 0.99):
+        for h in (-0.1, 0.001, 0.05, 0.3, 1.0, 1.3, 1.4, 2.5, 3.7, 3.9, 4.5):
+            rate = momentum_rate(eta, h / eta, beta, nesterov, d / eta)
+            spectral = torch.linalg.eigvals(update_matrix(h, beta, nesterov, d)).abs().max().item()
+            assert rate == pytest.approx(spectral, rel=1e-9, abs=1e-7), (beta, h)
+            if not nesterov and not d:
+                assert rate >= math.sqrt(beta) * (1 - 1e-12)
+            if beta == 0:
+                assert rate == pytest.approx(abs(1 - h - d), rel=1e-14, abs=1e-15)
+    assert momentum_rate(eta, 3.0, 0.0, decoupled_decay=0.5) == pytest.approx(momentum_rate(eta, 3.5), rel=1e-14)
+
+
+@pytest.mark.parametrize("beta, h", HEAVY_BALL)
+def test_heavy_ball_recurrence_contracts_at_the_predicted_rate(beta, h):
+    """SPEC §12.4: 400 steps of ξ_{t+1} = ξ_t − hξ_t + β(ξ_t − ξ_{t−1}) from a zero momentum buffer
+    (ξ_{−1} = ξ_0) shrink or grow at ``momentum_rate`` per step, ≤ 1e-6 relative in log."""
+    eta = 0.05
+    xs = [1.0, 1.0]
+    for _ in range(400):
+        xs.append(xs[-1] - h * xs[-1] + beta * (xs[-1] - xs[-2]))
+    predicted = momentum_rate(eta, h / eta, beta)
+    assert_rate(read_rate(xs, is_complex(h, beta, False)), predicted)
+    inside = 0 < h < 2 * (1 + beta)  # the window: contraction iff 0 < ημ < 2(1 + β)
+    assert abs(xs[-1]) < 0.1 if inside else abs(xs[-1]) > 10
+
+
+@pytest.mark.parametrize("beta, h", NESTEROV)
+def test_torch_nesterov_on_a_quadratic_contracts_at_the_predicted_rate(beta, h):
+    """SPEC §12.4: torch.optim.SGD(momentum=β, nesterov=True) on ½μξ² for 400 steps (float64) follows
+    z² − (1 + β)(1 − ημ)z + β(1 − ημ) = 0: ``momentum_rate(..., nesterov=True)``, ≤ 1e-6 relative in log;
+    it contracts iff 0 < ημ < 2(1 + β)/(1 + 2β) (1.357 for β = 0.9, 1.5 for 0.5)."""
+    eta = 0.05
+    mu = h / eta
+    xi = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = torch.optim.SGD([xi], lr=eta, momentum=beta, nesterov=True)
+    xs = [1.0]
+    for _ in range(400):
+        opt.zero_grad()
+        (0.5 * mu * xi.pow(2)).sum().backward()
+        opt.step()
+        xs.append(xi.item())
+    assert_rate(read_rate(xs, is_complex(h, beta, True)), momentum_rate(eta, mu, beta, nesterov=True))
+    inside = 0 < h < 2 * (1 + beta) / (1 + 2 * beta)
+    assert abs(xs[-1]) < 0.1 if inside else abs(xs[-1]) > 10
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_decoupled_decay_with_momentum_is_not_a_coupled_one(nesterov):
+    """SPEC §12.4 says a coupled decay λ adds λ to every μ. eqtrain's own optimizer with a decoupled decay
+    (A ← (1 − ηλ)A, then the momentum step) follows ``momentum_rate(..., decoupled_decay=λ)`` (1e-6
+    relative in log) — which differs from the coupled rate by far more than that near the slow end of the
+    window, where the roots are real (here 0.926 against 0.899 per step, Nesterov 0.928 against 0.905): the
+    shrink also scales the remembered steps. (With a complex pair the two moduli can coincide.) Its window is
+    −(1 − β)λ < μ < (1 + β)(2 − ηλ)/η, over (1 + 2β) for Nesterov."""
+    eta, beta, decay, mu = 0.05, 0.5, 0.4, 0.5
+    rule = UpdateRule("sgd", beta, nesterov, weight_decay=decay, decoupled=True)
+    x = torch.ones(1, 1, dtype=torch.float64)
+    opt, xs = Optimizer(rule, x), [1.0]
+    for _ in range(400):
+        x = opt.propose(x, mu * x, eta)
+        opt.commit(torch.ones(1, dtype=torch.bool))
+        xs.append(x.item())
+    predicted = momentum_rate(eta, mu, beta, nesterov, decoupled_decay=decay)
+    assert_rate(read_rate(xs, is_complex(eta * mu, beta, nesterov, eta * decay)), predicted)
+    coupled = momentum_rate(eta, mu + decay, beta, nesterov)
+    assert abs(math.log(coupled) - math.log(predicted)) > 1e-3 * abs(math.log(predicted))
+    lo, hi = step_window(eta, beta, nesterov, decay)
+    assert lo == pytest.approx(-(1 - beta) * decay, rel=1e-14)
+    assert hi == pytest.approx((1 + beta) * (2 - eta * decay) / eta / (1 + 2 * beta if nesterov else 1), rel=1e-14)
+
+
+@pytest.mark.parametrize("d", [0.0, 0.02])
+@pytest.mark.parametrize("beta, nesterov", [(0.0, False), (0.5, False), (0.9, False), (0.5, True), (0.9, True)])
+def test_step_window_is_where_the_rate_crosses_one(beta, nesterov, d):
+    """SPEC §12.4: the direction contracts iff μ lies in ``step_window`` — 0 < ημ < 2(1 + β), Nesterov's
+    0 < ημ < 2(1 + β)/(1 + 2β) (without decay); checked 1e-6 (relative to the width) inside and outside
+    each end, where the rate is 1 ± at least 1e-9."""
+    eta = 0.1
+    lo, hi = step_window(eta, beta, nesterov, d / eta)
+    if not d:
+        assert lo == 0 and hi == pytest.approx(2 * (1 + beta) / eta / (1 + 2 * beta if nesterov else 1), rel=1e-14)
+    eps = 1e-6 * (hi - lo)
+    rate = lambda mu: momentum_rate(eta, mu, beta, nesterov, d / eta)  # noqa: E731
+    assert rate(lo + eps) < 1 - 1e-9 and rate(hi - eps) < 1 - 1e-9
+    assert rate(lo - eps) > 1 + 1e-9 and rate(hi + eps) > 1 + 1e-9
+
+
+def test_gamma_window_of_each_optimizer():
+    """SPEC §5.4, §12.4 on a spectrum [λ_min, λ_max] = [−0.3, 4] of H_⊥, lr 0.1: plain SGD's window is
+    (−λ_min, 2/η − λ_max) to the bit; heavy ball's upper end 2(1 + β)/η − λ_max; Nesterov's
+    2(1 + β)/((1 + 2β)η) − λ_max; a coupled decay λ shifts both ends by λ; Adam has no upper end."""
+    lam_min, lam_max, lr = -0.3, 4.0, 0.1
+    assert gamma_window(lam_min, lam_max, lr, UpdateRule()) == (max(0.0, -lam_min), 2.0 / lr - lam_max)
+    crit, top = gamma_window(lam_min, lam_max, lr, UpdateRule("sgd", 0.9))
+    assert crit == 0.3 and top == pytest.approx(2 * 1.9 / lr - lam_max, rel=1e-14)
+    _, top = gamma_window(lam_min, lam_max, lr, UpdateRule("sgd", 0.9, nesterov=True))
+    assert top == pytest.approx(2 * 1.9 / (2.8 * lr) - lam_max, rel=1e-14)
+    crit, top = gamma_window(lam_min, lam_max, lr, UpdateRule("sgd", 0.9, weight_decay=0.1))
+    assert crit == pytest.approx(0.2, rel=1e-14) and top == pytest.approx(2 * 1.9 / lr - lam_max - 0.1, rel=1e-14)
+    assert gamma_window(lam_min, lam_max, lr, UpdateRule("adam", weight_decay=0.1)) == (pytest.approx(0.2), None)
+    assert gamma_window(lam_min, lam_max, lr, UpdateRule("adamw", weight_decay=0.1, decoupled=True)) == (0.3, None)
+
+
+def test_the_analysis_reports_the_window_of_the_runs_optimizer(tmp_path):
+    """SPEC §12.4 end to end on a small CNN: with heavy-ball β = 0.9 the analysis's γ_max is
+    2(1 + β)/η − λ_max(H_⊥) and its rates are ``momentum_rate`` at the run's γ for λ_min and λ_max;
+    with Adam, γ_max and the rates are null in stability.json, not logged to TensorBoard, and the
+    summary says that no fixed linear step window exists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, data, model = small_model(samples=8)
+    start(model, 0.05)
+    momentum = UpdateRule("sgd", 0.9)
+    r = analyze(model, data, C4, 0.1, samples=8, iterations=6, rule=momentum, gamma=2.0)
+    assert r["gamma_max"] == pytest.approx(2 * 1.9 / 0.1 - r["lambda_max_perp"], rel=1e-14)
+    assert r["gamma_crit"] == max(0.0, -r["lambda_min_perp"])
+    assert r["rate_min_perp"] == momentum_rate(0.1, r["lambda_min_perp"] + 2.0, 0.9)
+    assert r["rate_max_perp"] == momentum_rate(0.1, r["lambda_max_perp"] + 2.0, 0.9)
+    assert r["optimizer"] == "sgd with heavy-ball momentum 0.9" and r["update_rule"]["momentum"] == 0.9
+    assert "gamma_max = 2(1+beta)/lr - lambda_max_perp" in summary(r)
+
+    adam = UpdateRule("adam")
+    r = analyze_run(model, data, C4, 1e-3, tmp_path, 3, samples=8, iterations=6, rule=adam, gamma=2.0)
+    saved = json.loads((tmp_path / STABILITY_FILE).read_text())
+    assert saved["gamma_max"] is None and saved["rate_min_perp"] is None and saved["rate_max_perp"] is None
+    assert saved["gamma_crit"] == max(0.0, -saved["lambda_min_perp"]) and saved["optimizer"].startswith("adam")
+    text = summary(r)
+    assert "Adam has no fixed linear step window" in text and "gamma_max is not reported" in text
+    assert "what is measured" in text and "gamma_max =" not in text
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert (
+        "stability/gamma_crit" in tags and "stability/gamma_max" not in tags and "stability/rate_min_perp" not in tags
+    )
+
+
+def test_the_run_optimizer_gamma_and_peak_lr_go_into_the_analysis():
+    """What ``analyze=true`` and eqtrain-analyze compute the window for: the run's update rule and γ, at
+    the peak lr of its schedule unless --lr is given, and the report says which."""
+    settings = settings_of(make_config("optimizer=nesterov", "mode=augreg", "gamma=3", "lr=0.05", "lr_schedule=cosine"))
+    of_run = optimizer_of_run(settings)
+    assert of_run["rule"] == UpdateRule("sgd", 0.9, nesterov=True) and of_run["gamma"] == 3.0
+    assert of_run["lr"] == 0.05 and "peak of lr_schedule=cosine" in of_run["lr_source"]
+    given = optimizer_of_run(settings, 0.01)
+    assert given["lr"] == 0.01 and given["lr_source"] == "--lr"

@@ -14,7 +14,7 @@ import eqtrain
 ROOT = Path(eqtrain.__file__).parent
 PLUGINS = ROOT.parent / "hydra_plugins" / "eqtrain_sweeper"
 OURS = ("eqtrain", "hydra_plugins.eqtrain_sweeper")
-LAYERS = ["schema", "geometry", "nets", "data", "run", "analysis", "training", "cli"]
+LAYERS = ["schema", "geometry", "nets", "data", "run", "optim", "analysis", "training", "cli"]
 
 
 def module_name(path: Path) -> str:

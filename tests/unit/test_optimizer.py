@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eqtrain.training.optimizer import Optimizer, UpdateRule
+from eqtrain.optim.optimizer import Optimizer, UpdateRule
 from eqtrain.training.schedule import StepSizeSchedule
 from eqtrain.training.step import train_step
 
