@@ -1,9 +1,12 @@
 """The field's training recipes end to end (SPEC §12): the config group, the preset, resume, ensembles, bad values."""
 
+import signal
+import subprocess
+
 import pytest
 import torch
 
-from ..helpers import Run, cli, fast_first, kill_and_resume, make_config, rel, scalars, sweep
+from ..helpers import EQTRAIN, Run, cli, fast_first, kill_and_resume, make_config, rel, scalars, sweep, wait_for
 
 SMALL = ("dataset.train_limit=100", "dataset.test_limit=30", "batch_size=10", "mode=augreg", "gamma=1")
 
@@ -66,6 +69,26 @@ def test_running_statistics_follow_training_and_are_what_evaluation_uses(run_tra
 
     data = load_dataset(DatasetConfig(train_limit=100, test_limit=30))
     assert evaluate(model, data, Group.from_name("c4"))[0]["acc/test"] == run.metrics()["acc/test"]
+
+
+@pytest.mark.slow
+def test_a_momentum_run_killed_without_warning_resumes_bitwise_from_its_last_checkpoint(tmp_path):
+    """SIGKILL (no handler runs, the optimizer state on disk is the last epoch's checkpoint): resume=true
+    replays from there and ends with the weights and final metrics of an uninterrupted run."""
+    args = [
+        "dataset.train_limit=300", "dataset.test_limit=30", "epochs=2", "batch_size=1", "mode=augreg",
+        "optimizer=nesterov", "weight_decay=1e-3", "lr_schedule=cosine",
+    ]  # fmt: skip
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([EQTRAIN, *args, f"hydra.run.dir={reference}"], cwd=tmp_path, check=True, capture_output=True)
+    proc = subprocess.Popen([EQTRAIN, *args, f"hydra.run.dir={killed}"], cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(killed / "checkpoint.pt", proc)  # the first epoch's: now in epoch 2
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    subprocess.run([EQTRAIN, *args, f"hydra.run.dir={killed}", "resume=true"], cwd=tmp_path, check=True)
+    assert all(torch.equal(a, b) for a, b in zip(Run(killed).weights(), Run(reference).weights()))
+    final = ("acc/test", "acc/test_orbit", "dist_to_E/total", "steps")
+    assert [Run(killed).metrics()[k] for k in final] == [Run(reference).metrics()[k] for k in final]
 
 
 def test_every_seed_of_an_adam_ensemble_trains_as_it_would_alone(run_train):
