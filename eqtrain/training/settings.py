@@ -329,7 +329,7 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "decoupled": settings.update_rule.decoupled,
         "lr_schedule": cfg.lr_schedule,
         "lr_warmup_epochs": cfg.lr_warmup_epochs,
-        "coordinates": settings.coordinates if any(p.dyn.constrain for p in settings.phases) or cfg.twin else "",
+        "coordinates": settings.coordinates,  # E's, in an equivariant phase or twin (the same in every mode)
         "bn_stats": cfg.model.bn_stats,
         "batch_size": cfg.batch_size,
         "epochs": settings.epochs,
