@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-AUGMENT_KINDS = ("random", "orbit")
+AUGMENT_KINDS = ("random", "orbit")  # SPEC §4: one random g per image per step, or the whole orbit
 OPTIMIZERS = ("sgd", "adam", "adamw")  # SPEC §12: torch.optim's SGD (plain, heavy ball, Nesterov), Adam, AdamW
 # E's coordinates in an equivariant model (SPEC §12.3): its orthonormal basis (§3) or its orbit values
-COORDINATES = ("orthonormal", "tied")  # SPEC §4: one random g per image per step, or the whole orbit
+COORDINATES = ("orthonormal", "tied")
 LR_RULE = "use a finite number > 0"  # for a run's lr and eqtrain-analyze --lr alike
 
 
@@ -136,7 +136,7 @@ class Config:
     lr: float = 0.02  # the step size η (the peak of lr_schedule)
     weight_decay: float = 0.0  # λ: of λ/2·‖A‖² and the biases (coupled), or A <- (1 - ηλ)A (optimizer.decoupled)
     lr_schedule: str = "constant"  # constant | step | exp | cosine (SPEC §12), after lr_warmup_epochs
-    lr_decay: float = 0.1  # step: η·decay every lr_step_epochs epochs; exp: η·decay^epoch
+    lr_decay: Optional[float] = None  # step: η·decay every lr_step_epochs epochs; exp: η·decay^epoch; null: 0.1, 0.9
     lr_step_epochs: int = 30  # step: epochs between decays
     lr_min: float = 0.0  # cosine: η_t falls from lr to lr_min at the last step
     lr_warmup_epochs: float = 0.0  # a linear warm-up from η/steps to η over this many epochs (fractions allowed)

@@ -101,6 +101,12 @@ class Optimizer:
             grad = grad.add_(buf, alpha=rule.momentum) if rule.nesterov else buf
         return start.add(grad, alpha=-lr)
 
+    def proposed_sums(self) -> torch.Tensor | None:
+        """(N,): the sum of the proposed second moment of each seed (Adam), for the step's finiteness check:
+        a gradient whose square overflows leaves the parameters finite (m/∞ = 0) but not the state."""
+        v = self._proposed.get("exp_avg_sq")
+        return None if v is None else v.sum(1)
+
     def commit(self, running: torch.Tensor) -> None:
         """Keep the proposed state of the seeds in ``running`` (N,) bool; the others keep theirs."""
         for name, new in self._proposed.items():
@@ -115,8 +121,9 @@ class Optimizer:
         names = set(state) - {"name", "steps"}
         if names != set(self.state):
             raise ValueError(
-                f"the checkpoint's optimizer state ({state.get('name')}: {', '.join(sorted(names)) or 'none'}) "
-                f"is not that of optimizer.name={self.rule.name} ({', '.join(self.state) or 'none'})"
+                f"the checkpoint's optimizer ({state.get('name')}) keeps {', '.join(sorted(names)) or 'no state'}, "
+                f"optimizer.name={self.rule.name} with optimizer.momentum={self.rule.momentum:g} keeps "
+                f"{', '.join(self.state) or 'none'}"
             )
         for name, value in self.state.items():
             if state[name].shape != value.shape:

@@ -196,6 +196,9 @@ def restore(run_dir: str | Path, device: str = "cpu", data_dir: str | None = Non
     group = Group.from_name(cfg.group.name)
     # A run of phases may have ended in any parametrization: rebuild the one θ was saved from.
     constrain = saved.get("constrain", settings.phases[-1].dyn.constrain)
-    model = build_model(cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype).to(device)
+    coordinates = saved.get("coordinates") or settings.coordinates  # E's: orthonormal or tied (SPEC §12.3)
+    model = build_model(
+        cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, coordinates=coordinates
+    ).to(device)
     model.load_state_dict(fit_weights(model, saved["state_dict"], run_dir / WEIGHTS_FILE, run_dir / CONFIG_FILE))
     return Restored(settings, model, data, group, int(saved.get("step", 0)))

@@ -139,13 +139,13 @@ def enter_phase(settings: Settings, state: RunState, group: Group, data: Data, r
     index = next((i for i, end in enumerate(ends) if state.epoch < end), len(settings.phases) - 1)
     if index != state.phase:
         recorder.steps.flush()  # measured in the space of the model that took them
+        moved = settings.phases[index].dyn.constrain != settings.phases[state.phase].dyn.constrain
         state.phase = index
         state.model = build_for_phase(settings, settings.phases[index], group, data, state.model)
-        state.new_optimizer()  # its state was in the old coordinates: the new phase starts it afresh
-        recorder.steps.space = state.model.space
-        log.info(
-            "phase %d: mode=%s from step %d (a fresh optimizer state)", index, settings.phases[index].mode, state.step
-        )
+        if moved:  # θ now has other coordinates (E's against L's): a state in the old ones means nothing
+            state.new_optimizer()  # (else the same coordinates: the optimizer's state goes on)
+        fresh = " (a fresh optimizer state: new coordinates)" if moved else ""
+        log.info("phase %d: mode=%s from step %d%s", index, settings.phases[index].mode, state.step, fresh)
     return settings.phases[index]
 
 

@@ -110,6 +110,7 @@ def weights_payload(state: RunState, k: int, step: int) -> dict:
         return {
             "step": step,
             "constrain": model.constrain,  # which parametrization θ (state_dict) belongs to
+            "coordinates": model.coordinates,  # and in E, which coordinates (SPEC §12.3; None in L)
             "layer_names": list(model.layer_names),
             "weights": [a[k].detach().cpu().clone() for a in model.weights()],
             "state_dict": {name: v[k : k + 1].detach().cpu().clone() for name, v in model.state_dict().items()},

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# ``lr_decay`` left unset: torch's StepLR's factor for a step schedule; for an exponential one a tenth per 22
+# epochs (torch's ExponentialLR has no default; 0.1 per epoch would end training within a few epochs).
+DEFAULT_LR_DECAY = {"step": 0.1, "exp": 0.9}
+
 # Checked before torch is imported (a bad value is answered at once); the largest finite value of each.
 DTYPES = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
 DEVICES = ("auto", "cpu", "cuda")
@@ -103,12 +107,18 @@ class Settings:
             return chosen
         return "tied" if self.update_rule.adaptive else "orthonormal"
 
+    @property
+    def lr_decay(self) -> float:
+        """``lr_decay``, or unset the schedule's own: 0.1 every ``lr_step_epochs`` (step), 0.9 per epoch (exp)."""
+        decay = self.config.lr_decay
+        return DEFAULT_LR_DECAY.get(self.config.lr_schedule, 1.0) if decay is None else decay
+
     def step_sizes(self, steps_per_epoch: int, total_steps: int) -> StepSizeSchedule:
         """η_t (SPEC §12): ``lr_schedule`` after ``lr_warmup_epochs``."""
         cfg = self.config
         warmup = round(cfg.lr_warmup_epochs * steps_per_epoch)
         return StepSizeSchedule(
-            cfg.lr_schedule, cfg.lr, steps_per_epoch, total_steps, cfg.lr_decay, cfg.lr_step_epochs, cfg.lr_min, warmup
+            cfg.lr_schedule, cfg.lr, steps_per_epoch, total_steps, self.lr_decay, cfg.lr_step_epochs, cfg.lr_min, warmup
         )
 
     def config_hash(self) -> str:
@@ -146,7 +156,7 @@ _ADDED_LATER = {
     ("optimizer", "decoupled"): None,
     (None, "weight_decay"): 0.0,
     (None, "lr_schedule"): "constant",
-    (None, "lr_decay"): 0.1,
+    (None, "lr_decay"): None,
     (None, "lr_step_epochs"): 30,
     (None, "lr_min"): 0.0,
     (None, "lr_warmup_epochs"): 0.0,
@@ -250,7 +260,11 @@ def _check_recipe(cfg: Config, need) -> None:
         f"a decoupled decay A <- (1 - lr*weight_decay)A needs lr * weight_decay < 1 (lr={cfg.lr!r})",
     )
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"use one of {', '.join(LR_SCHEDULES)}")
-    need(math.isfinite(cfg.lr_decay) and 0 < cfg.lr_decay <= 1, "lr_decay", "use a number in (0, 1]")
+    need(
+        cfg.lr_decay is None or math.isfinite(cfg.lr_decay) and 0 < cfg.lr_decay <= 1,
+        "lr_decay",
+        "use a number in (0, 1] or null (step: 0.1, exp: 0.9)",
+    )
     need(cfg.lr_step_epochs >= 1, "lr_step_epochs", "use an int >= 1")
     need(math.isfinite(cfg.lr_min) and 0 <= cfg.lr_min <= cfg.lr, "lr_min", f"use a number in [0, lr={cfg.lr!r}]")
     need(math.isfinite(cfg.lr_warmup_epochs) and cfg.lr_warmup_epochs >= 0, "lr_warmup_epochs", "use a number >= 0")
@@ -325,12 +339,19 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "optimizer": settings.update_rule.name,
         "momentum": settings.update_rule.momentum,
         "nesterov": settings.update_rule.nesterov,
+        "betas": str(list(settings.update_rule.betas)),
+        "eps": settings.update_rule.eps,
         "weight_decay": cfg.weight_decay,
         "decoupled": settings.update_rule.decoupled,
         "lr_schedule": cfg.lr_schedule,
+        "lr_decay": settings.lr_decay,
+        "lr_step_epochs": cfg.lr_step_epochs,
+        "lr_min": cfg.lr_min,
         "lr_warmup_epochs": cfg.lr_warmup_epochs,
         "coordinates": settings.coordinates,  # E's, in an equivariant phase or twin (the same in every mode)
         "bn_stats": cfg.model.bn_stats,
+        "bn_momentum": cfg.model.bn_momentum,
+        "bn_affine": cfg.model.bn_affine,
         "batch_size": cfg.batch_size,
         "epochs": settings.epochs,
         "seed": cfg.seed,

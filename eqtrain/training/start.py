@@ -77,7 +77,13 @@ def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | No
             raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seed_ids)}")
         try:
             state.load_state_dict(ckpt)
-        except ValueError as err:  # another optimizer's state (force_resume): it cannot be carried over
-            raise ConfigError(f"resume: {err}; force_resume cannot change the optimizer") from err
+        except ValueError as err:  # another optimizer's state or E's coordinates (force_resume)
+            raise ConfigError(f"resume: {err}; force_resume cannot carry that over") from err
+        except RuntimeError as err:  # the model's tensors do not fit (force_resume across models)
+            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise ConfigError(
+                f"resume: the checkpoint's model does not fit this config ({detail.rstrip('. ')}); force_resume "
+                "can change the training keys (lr, gamma, schedules), not the model's (model.*) or the mode's space"
+            ) from err
         log.info("resuming at step %d (epoch %d, phase %d)", state.step, state.epoch, state.phase)
     return state

@@ -97,6 +97,7 @@ class RunState:
             "order": self.order.cpu() if self.order is not None else torch.zeros(0, dtype=torch.long),
             "model": self.model.state_dict(),
             "twin": self.twin.state_dict() if self.twin is not None else {},
+            "coordinates": self.model.coordinates,  # of θ in E (SPEC §12.3), None in L
             "optimizer": self.optimizer.state_dict(),
             "twin_optimizer": self.twin_optimizer.state_dict() if self.twin_optimizer is not None else {},
             "order_gens": [g.get_state() for g in self.order_gens],
@@ -115,6 +116,12 @@ class RunState:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.phase = state["phase"]
         self.order = state["order"].to(device) if state["order"].numel() else None
+        saved = state.get("coordinates", "orthonormal" if self.model.constrain else None)  # (older: orthonormal)
+        if saved != self.model.coordinates:  # θ of the same shape, another meaning: refuse, never rescale silently
+            raise ValueError(
+                f"the checkpoint's θ are E's {saved} coordinates, this run's model.equivariant_coordinates gives "
+                f"{self.model.coordinates}"
+            )
         self.model.load_state_dict(state["model"])
         if self.twin is not None:
             self.twin.load_state_dict(state["twin"])

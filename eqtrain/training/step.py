@@ -72,6 +72,9 @@ def train_step(
         new = model.flat.add(grad, alpha=-lr) if optimizer is None else optimizer.propose(model.flat, grad, lr)
         # A sum is finite only if every term is: one number per seed checks its loss and its update.
         check = new.sum(1) + loss
+        moments = None if optimizer is None else optimizer.proposed_sums()
+        if moments is not None:
+            check += moments
         running = running & (check - check == 0)  # x − x is 0 for finite x, NaN otherwise (2 kernels; isfinite: 5)
         torch.where(running[:, None], new, model.flat, out=model.flat)
         if optimizer is not None:

@@ -12,23 +12,36 @@ SMALL = ("dataset.train_limit=100", "dataset.test_limit=30", "batch_size=10", "m
 
 # Every optimizer with a schedule that does not depend on the run's length (a run stopped by max_steps has
 # another length; the cosine schedule is resumed after a kill below).
-RESUMABLE = [
-    ("optimizer=momentum", "weight_decay=1e-3", "lr_schedule=step", "lr_step_epochs=1", "lr_warmup_epochs=0.5"),
-    ("optimizer=nesterov", "optimizer.decoupled=true", "weight_decay=1e-3"),
-    ("optimizer=adam", "lr=1e-3", "weight_decay=1e-3", "lr_schedule=exp", "lr_decay=0.5"),
-    ("optimizer=adamw", "lr=1e-3", "weight_decay=1e-2", "mode=equivariant"),
+MOMENTUM_TWIN = ("optimizer=momentum", "weight_decay=1e-3", "lr_schedule=step", "lr_step_epochs=1", "twin=true")
+RESUMABLE = {  # overrides -> the optimizer's updates in the checkpoint at step 15
+    "momentum_twin": ((*MOMENTUM_TWIN, "lr_warmup_epochs=0.5"), 15),
+    "nesterov": (("optimizer=nesterov", "optimizer.decoupled=true", "weight_decay=1e-3"), 15),
+    "adam": (("optimizer=adam", "lr=1e-3", "weight_decay=1e-3", "lr_schedule=exp", "lr_decay=0.5"), 15),
+    "adamw_equivariant": (("optimizer=adamw", "lr=1e-3", "weight_decay=1e-2", "mode=equivariant"), 15),
+    # phases: the state goes on across a switch within L, and starts afresh where θ becomes E's coordinates
+    "adam_phases_in_l": (
+        ("optimizer=adam", "lr=1e-3", "+phases=[{mode: augmented, epochs: 1, augment: orbit}, {mode: augreg, epochs: 1}]"),
+        15,
+    ),
+    "adam_phases_into_e": (
+        ("optimizer=adam", "lr=1e-3", "+phases=[{mode: augreg, epochs: 1}, {mode: equivariant, epochs: 1}]"),
+        5,
+    ),
     # a P4CNN trained with the running statistics and the affine of its batch norms (SPEC §12)
-    ("model=p4cnn", "model.channels=[2,2,2,2,2,2]", "recipe=cohen_welling", "batch_size=10", "model.bn_affine=true"),
-]
+    "p4cnn_cohen_welling": (
+        ("model=p4cnn", "model.channels=[2,2,2,2,2,2]", "recipe=cohen_welling", "batch_size=10", "model.bn_affine=true"),
+        15,
+    ),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("recipe", fast_first([(r,) for r in RESUMABLE], ids=[r[0] for r in RESUMABLE]))
-def test_a_run_stopped_and_resumed_is_bitwise_identical_with_every_optimizer(run_train, recipe):
+@pytest.mark.parametrize("recipe,updates", fast_first(RESUMABLE.values(), ids=list(RESUMABLE)))
+def test_a_run_stopped_and_resumed_is_bitwise_identical_with_every_optimizer(run_train, recipe, updates):
     """Stopped after 15 steps (mid-epoch 2: the checkpoint holds the optimizer state) and resumed: the same
     weights and the same curves as an uninterrupted run (SPEC §12: the state is checkpointed)."""
     reference = run_train(*SMALL, *recipe, "epochs=2")
     stopped = run_train(*SMALL, *recipe, "epochs=2", "max_steps=15")
-    assert torch.load(stopped.dir / "checkpoint.pt", weights_only=True)["optimizer"]["steps"] == 15
+    assert torch.load(stopped.dir / "checkpoint.pt", weights_only=True)["optimizer"]["steps"] == updates
     run_train(*SMALL, *recipe, "epochs=2", f"resume={stopped.dir}", "force_resume=true")
     resumed = Run(stopped.dir)
     assert resumed.metrics()["steps"] == reference.metrics()["steps"] == 20
@@ -131,6 +144,28 @@ def test_a_sweep_over_optimizers(tmp_path):
     assert {r["status"] for r in runs} == {"completed"}
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (("optimizer=adam", "model.equivariant_coordinates=orthonormal"), "the checkpoint's optimizer (sgd) keeps"),
+        (("model.equivariant_coordinates=tied",), "the checkpoint's θ are E's orthonormal coordinates"),
+        (("model.bn_affine=true",), "the checkpoint's model does not fit this config (Missing key(s)"),
+    ],
+)
+def test_force_resume_refuses_in_one_line_what_it_cannot_carry_over(tmp_path, monkeypatch, capsys, change, message):
+    """force_resume may change training keys; another optimizer state, E's coordinates or the model's tensors
+    cannot be carried over: one line, exit 2, and the run directory left as it was."""
+    base = ("experiment=smoke", "max_steps=3", "mode=equivariant", "optimizer=momentum", "model=p4cnn",
+            "model.channels=[2,2,2,2,2,2]", "model.norm=batchnorm", "dataset.image_size=28")  # fmt: skip
+    run = tmp_path / "run"
+    assert cli(tmp_path, monkeypatch, capsys, *base, f"hydra.run.dir={run}")[0] == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, err = cli(tmp_path, monkeypatch, capsys, *base, *change, "max_steps=6", f"resume={run}", "force_resume=true")
+    assert code == 2 and message in err
+    assert err.strip().count("\n") == 0 and err.startswith("eqtrain: error: resume: ")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 BAD_RECIPES = [
     (["optimizer.name=rmsprop"], "optimizer.name='rmsprop' is not valid: use one of sgd, adam, adamw"),
     (
@@ -151,7 +186,7 @@ BAD_RECIPES = [
     (["weight_decay=nan"], "weight_decay=nan is not valid"),
     (["optimizer=adamw", "lr=0.1", "weight_decay=10"], "weight_decay=10.0 is not valid: a decoupled decay"),
     (["lr_schedule=linear"], "lr_schedule='linear' is not valid: use one of constant, step, exp, cosine"),
-    (["lr_decay=0"], "lr_decay=0.0 is not valid: use a number in (0, 1]"),
+    (["lr_decay=0"], "lr_decay=0.0 is not valid: use a number in (0, 1] or null (step: 0.1, exp: 0.9)"),
     (["lr_decay=1.5"], "lr_decay=1.5 is not valid"),
     (["lr_step_epochs=0"], "lr_step_epochs=0 is not valid: use an int >= 1"),
     (["lr_min=1"], "lr_min=1.0 is not valid: use a number in [0, lr=0.02]"),

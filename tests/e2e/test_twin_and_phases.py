@@ -67,6 +67,22 @@ def test_restore_is_exact_for_the_basis_parametrization(tmp_path):
     assert all(torch.equal(a[0], b) for a, b in zip(restore(tmp_path).model.weights(), saved))
 
 
+@pytest.mark.parametrize("coordinates", ["auto", "orthonormal"])
+def test_restore_rebuilds_the_equivariant_coordinates_the_run_trained(tmp_path, coordinates):
+    """Adam trains E's orbit values (tied, SPEC §12.3) unless told otherwise: eqtrain-analyze's model holds the
+    weights the run ended with in either case (the other coordinates would scale every orbit by √|o|)."""
+    from eqtrain.training.finished_run import restore
+
+    from ..helpers import train_config as train
+
+    overrides = ("mode=equivariant", "optimizer=adam", "lr=1e-3", f"model.equivariant_coordinates={coordinates}")
+    train(make_config(*TINY, *overrides, "max_steps=3"), tmp_path)
+    restored = restore(tmp_path)
+    assert restored.model.coordinates == ("tied" if coordinates == "auto" else "orthonormal")
+    saved = torch.load(tmp_path / "weights.pt", weights_only=True)["weights"]
+    assert all(torch.equal(a[0], b) for a, b in zip(restored.model.weights(), saved))
+
+
 @pytest.mark.slow
 def test_checkpoints_load_weights_only(run_train):
     run = run_train(*TINY, "max_steps=3")

@@ -80,7 +80,7 @@ def test_the_analysed_risk_is_the_training_loss_of_a_batch_norm_with_an_affine()
     """With model.bn_affine (and running statistics kept for evaluation), R^aug is the loss the training step
     sees: the batch's statistics and the seed's own learned scale and shift (SPEC §12), not the running ones."""
     bn = ("model.norm=batchnorm", "model.bn_stats=running", "model.bn_affine=true", "model.layernorm=false")
-    _, data, model = small_model(*bn, samples=8)
+    _, data, _ = small_model(*bn, samples=8)
     model = build_model(model_config(*bn), C4, data.image_shape, data.n_classes, False, torch.float64, n_seeds=2)
     with torch.no_grad():
         model.flat.normal_(0, 0.3)  # weights, scales and shifts of both seeds

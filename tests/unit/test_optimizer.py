@@ -129,3 +129,21 @@ def test_the_default_rule_is_plain_sgd_with_no_state():
     optimizer = Optimizer(UpdateRule(), flat)
     assert optimizer.state == {}
     assert torch.equal(optimizer.propose(flat, grad.clone(), 0.3), flat.add(grad, alpha=-0.3))
+
+
+def test_a_second_moment_that_overflows_stops_the_seed():
+    """A float32 gradient whose square overflows leaves Adam's step finite (m/∞ = 0) but its state infinite:
+    the step's finiteness check reads the proposed moment too, so the seed is frozen, not silently stuck."""
+    from eqtrain.geometry.group import Group
+    from eqtrain.nets.cnn import build_model
+
+    model = build_model(make_config().model, Group.from_name("c4"), (1, 28, 28), 10, False, n_seeds=2)
+    with torch.no_grad():
+        model.flat.normal_(0, 0.1)
+    x, y = torch.rand(2, 4, 1, 28, 28), torch.randint(0, 10, (2, 4))
+    optimizer = Optimizer(UpdateRule("adam"), model.flat)
+    running = train_step(model, x, y, 1e-3, 0.0, 1e25, torch.ones(2, dtype=torch.bool), optimizer).running
+    assert not running.any()
+    assert torch.isfinite(optimizer.state["exp_avg_sq"]).all()  # the state of the step not taken
+    sane = Optimizer(UpdateRule("adam"), model.flat)
+    assert train_step(model, x, y, 1e-3, 0.0, 1.0, torch.ones(2, dtype=torch.bool), sane).running.all()
