@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .train import message_of, precheck, settings_of
+from ..run.files import output_dir_problem
+from .train import message_of, precheck, settings_of, unwritable_output
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,9 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
         raise ConfigError(message_of(err)) from None
     if run_dir is None:
         run_dir = Path("outputs/runs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    problem = output_dir_problem(run_dir)  # the command line's check of hydra.run.dir, for the run_dir argument
+    if problem:
+        raise ConfigError(unwritable_output("run_dir", run_dir, problem))
     from ..training.loop import train as train_loop
 
     try:

@@ -46,6 +46,20 @@ def _same(text: str, value: object) -> bool:
     return text == str(value)
 
 
+def unknown_exclude_keys(jobs: list[list[str]], exclude: Sequence[Mapping[str, object]]) -> str | None:
+    """The one line for an ``exclude`` entry naming a key that no job sets (a typo such as ``modee``, or a key
+    the jobs take from a preset's defaults), which would silently exclude nothing; None if every key is set."""
+    keys = sorted({key for job in jobs for key in _values(job)})
+    for entry in exclude:
+        unknown = [key for key in entry if key not in keys]
+        if unknown:
+            return (
+                f"hydra.sweeper.exclude: {unknown[0]} is not set by any job of this sweep, so the entry "
+                f"{dict(entry)} would exclude nothing; use keys the jobs set: {', '.join(keys)}"
+            )
+    return None
+
+
 def without_repeats(
     jobs: list[list[str]], default_mode: str | None = None, exclude: Sequence[Mapping[str, object]] = ()
 ) -> list[list[str]]:

@@ -29,9 +29,10 @@ from hydra.types import RunMode
 from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
-from ..run.files import writable_problem
+from ..run.files import output_dir_problem
 from ..run.machine import cpus_allowed
 from ..schema import Config
+from .errors import fail
 from .summary import run_summary
 
 log = logging.getLogger("eqtrain")
@@ -82,11 +83,6 @@ def settings_of(cfg: DictConfig):
     return validate(OmegaConf.to_object(cfg))
 
 
-def fail(message: str) -> None:
-    print(f"eqtrain: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 class SweepSummary(Callback):
     """At the end of a sweep: one line per run, and the commands that show it."""
 
@@ -107,14 +103,14 @@ class OutputDirCheck(Callback):
 
     @staticmethod
     def _check(key: str, directory: str) -> None:
-        try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            problem = err.strerror
-        else:
-            problem = writable_problem(directory)
+        problem = output_dir_problem(directory)
         if problem:
-            fail(f"{key}={directory!r} is not writable ({problem}); pass a writable {key}=...")
+            fail(unwritable_output(key, directory, problem))
+
+
+def unwritable_output(key: str, directory: str | Path, problem: str) -> str:
+    """The one line for an output directory that cannot be written (the command line's and Python's)."""
+    return f"{key}={str(directory)!r} is not writable ({problem}); pass a writable {key}=..."
 
 
 def adapt_to_launcher(cfg: DictConfig) -> None:
@@ -175,8 +171,21 @@ def precheck(args: list[str]) -> str | None:
         except Exception:  # noqa: BLE001  (Hydra reports its own syntax errors)
             continue
         key = override.key_or_group
-        if override.type != OverrideType.CHANGE or override.package or key.startswith("hydra") or "/" in key:
+        # ``+key=`` and ``++key=`` (Hydra's append and force-append) name a key as ``key=`` does: a typo
+        # there would otherwise add a key nothing reads, and the run would go on with the default
+        if override.package or key.startswith("hydra") or "/" in key:
             continue
+        if override.type == OverrideType.DEL and key not in GROUPS:  # every key has a default: nothing to remove
+            known = _schema_path_problem(schema, key) is None
+            return (
+                f"~{key} is not valid: eqtrain's keys all have defaults, set it instead ({key}=...)"
+                if known
+                else _schema_path_problem(schema, key)
+            )
+        if override.type == OverrideType.DEL:
+            continue
+        if key in GROUPS and override.type != OverrideType.CHANGE:  # every group is in the defaults list already
+            return f"{arg} is not valid: {key} is chosen with {key}=<option> (no +)"
         if key in GROUPS:
             chosen = _plain_values(override)
             if chosen is None:
@@ -188,20 +197,39 @@ def precheck(args: list[str]) -> str | None:
                 if check_groups and option is not None and str(option) not in options:
                     return f"{key}={option} is not an option of {key}; valid: {', '.join(options)}"
             continue
-        node, path = schema, key.split(".")
-        for i, part in enumerate(path):
-            if not isinstance(node, DictConfig) or part.isdigit():
-                break  # list indices and free-form values: Hydra checks them
-            if part not in node:
-                known = [str(k) for k in node.keys()]
-                near = difflib.get_close_matches(part, known, n=1)
-                hint = f" (did you mean {'.'.join([*path[:i], near[0]])}?)" if near else ""
-                return f"unknown key {key!r}{hint}; `eqtrain --help` lists every key"
-            node = node._get_node(part)
-        else:
+        problem = _schema_path_problem(schema, key)
+        if problem:
+            return problem
+        node = _schema_node(schema, key)
+        if node is not None:
             problem = _type_problem(key, node, override)
             if problem:
                 return problem
+    return None
+
+
+def _schema_node(schema: DictConfig, key: str):
+    """The schema's node of a dotted key, or None past a list index or a free-form value."""
+    node = schema
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part.isdigit():
+            return None  # list indices and free-form values: Hydra checks them
+        node = node._get_node(part)
+    return node
+
+
+def _schema_path_problem(schema: DictConfig, key: str) -> str | None:
+    """ "unknown key ..." with the nearest known one (a key or a config group), or None if ``key`` exists."""
+    node, path = schema, key.split(".")
+    for i, part in enumerate(path):
+        if not isinstance(node, DictConfig) or part.isdigit():
+            return None
+        if part not in node:
+            known = [str(k) for k in node.keys()] + (list(GROUPS) if i == 0 else [])
+            near = difflib.get_close_matches(part, known, n=1)
+            hint = f" (did you mean {'.'.join([*path[:i], near[0]])}?)" if near else ""
+            return f"unknown key {key!r}{hint}; `eqtrain --help` lists every key"
+        node = node._get_node(part)
     return None
 
 

@@ -106,6 +106,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except pickle.UnpicklingError as err:
         what = "it is truncated" if "truncated" in str(err) else f"it is not a CIFAR-10 batch ({err})"
         raise FormatError(path, what) from None
+    except LookupError as err:  # _codecs.encode asked for a codec Python does not have (no code runs)
+        raise FormatError(path, f"it is not a CIFAR-10 batch: its bytes name an unknown codec ({err})") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as err:
         # what a cut or garbled pickle raises part-way (EOFError: truncated)
         what = "it is truncated" if isinstance(err, EOFError) else f"it is not a Python pickle ({type(err).__name__})"

@@ -55,6 +55,15 @@ def run_dirs_below(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def output_dir_problem(directory: str | Path) -> str | None:
+    """Why a run cannot write into ``directory`` (created if missing: parents too), or None when it can."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return err.strerror or str(err)
+    return writable_problem(directory)
+
+
 def writable_problem(directory: str | Path) -> str | None:
     """Why files cannot be created in ``directory`` (the system's reason), or None when they can."""
     import tempfile

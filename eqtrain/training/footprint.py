@@ -72,7 +72,7 @@ def footprint(model: EqCNN, seeds: int, batch: int, views: int) -> Footprint:
 
 def check_fits(settings: Settings, model: EqCNN, views: int) -> Footprint:
     """Refuse, in one line, a run whose footprint exceeds the memory left; else its footprint."""
-    seeds, batch = len(settings.seed_ids), settings.config.batch_size
+    seeds, batch = settings.config.seeds, settings.config.batch_size  # (a count: never the seeds' tuple)
     need = footprint(model, seeds, batch, views)
     room = available_bytes()
     if room is None or need.total <= room:

@@ -64,7 +64,7 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
     run_dir, ckpt = open_run_dir(settings, run_dir)
     data = load_data(settings)
     group = Group.from_name(cfg.group.name)
-    state = starting_point(settings, group, data, ckpt)
+    state = starting_point(settings, group, data, ckpt, run_dir)
     recorder = Recorder(settings, run_dir, state, resumed=ckpt is not None, overrides=overrides)
     n, steps_per_epoch = len(data.y_train), math.ceil(len(data.y_train) / cfg.batch_size)
     total = total_steps(settings, steps_per_epoch)

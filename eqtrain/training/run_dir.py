@@ -32,8 +32,7 @@ def open_run_dir(settings: Settings, run_dir: Path) -> tuple[Path, dict | None]:
     resuming = resume is True or (isinstance(resume, str) and resume != "auto") or (resume == "auto" and has_checkpoint)
     ckpt = load_checkpoint(run_dir, settings.config_hash(), cfg.force_resume) if resuming else None
     if ckpt is None:
-        seeds = settings.seed_ids  # a new tuple at each use: once, or this loop is quadratic in seeds
-        for d in {seed_dir(run_dir, s, len(seeds)) for s in seeds}:
+        for d in _seed_dirs_present(run_dir, cfg.seed, cfg.seeds):
             if not holds_run(d):
                 continue
             if resume != "auto":
@@ -42,6 +41,21 @@ def open_run_dir(settings: Settings, run_dir: Path) -> tuple[Path, dict | None]:
             log.warning("resume=auto: no checkpoint in %s; starting over (earlier files moved to %s)", d, stale)
     set_threads(cfg.threads, ckpt.get("threads") if ckpt is not None else None)
     return run_dir, ckpt
+
+
+def _seed_dirs_present(run_dir: Path, first: int, seeds: int) -> list[Path]:
+    """The directories of this run's seeds that exist already: what is there is listed, not every seed's
+    name tried (a million seeds would cost a million look-ups before the memory check refuses them)."""
+    if seeds == 1:
+        return [run_dir]
+    if not run_dir.is_dir():
+        return []
+    present = []
+    for entry in run_dir.iterdir():
+        name = entry.name.removeprefix("seed=")
+        if name != entry.name and name.lstrip("-").isdigit() and first <= int(name) < first + seeds:
+            present.append(seed_dir(run_dir, int(name), seeds))
+    return present
 
 
 def set_threads(threads: int | None, saved: int | None) -> None:

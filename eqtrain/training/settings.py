@@ -33,6 +33,11 @@ DEFAULT_LR_DECAY = {"step": 0.1, "exp": 0.9}
 
 # Checked before torch is imported (a bad value is answered at once); the largest finite value of each.
 DTYPES = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+INT64 = 2**63 - 1  # torch's generators and sizes take 64-bit ints
+# Each seed's random streams are seeded by seed·1 000 003 + stream (``state.generator``): a 64-bit int.
+SEED_RANGE = (INT64 - 2) // 1_000_003
+SEED_FLOOR_BYTES = 8 << 10  # memory a seed needs whatever the model: its two random streams' states (2 x 5 KiB)
+MAX_THREADS = 1 << 16
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -183,6 +188,7 @@ def validate(cfg: Config) -> Settings:
         if not ok:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not valid: {valid}")
 
+    _check_ints(_as_dict(cfg))
     _check_values(cfg, need)
     phases = _phases(cfg, need)
     norm = cfg.model.norm or ("layernorm" if cfg.model.layernorm else "none")
@@ -198,6 +204,47 @@ def validate(cfg: Config) -> Settings:
         device = torch.device(cfg.device)
     return Settings(
         config=cfg, gamma=_gamma(cfg, phases), device=device, dtype=getattr(torch, cfg.dtype), phases=phases
+    )
+
+
+def _as_dict(cfg) -> dict:
+    """The config's values as nested dicts: the typed schema, or Hydra's config as composed."""
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _check_ints(values: dict, prefix: str = "") -> None:
+    """Every int of the config within a 64-bit int, before any of them reaches torch (which would say
+    "Overflow when unpacking long long" without naming the key)."""
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _check_ints(value, f"{name}.")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+            raise ConfigError(f"{name}={value!r} is not valid: larger than a 64-bit int ({INT64})")
+
+
+def _check_sizes(cfg: Config, need) -> None:
+    """Seeds and threads that no machine runs, refused in milliseconds: before anything is sized by them."""
+    need(-SEED_RANGE <= cfg.seed <= SEED_RANGE, "seed", f"use an int in [-{SEED_RANGE}, {SEED_RANGE}]")
+    need(
+        cfg.seeds < 1 or cfg.seed + cfg.seeds - 1 <= SEED_RANGE,
+        "seeds",
+        f"seed + seeds - 1 must be at most {SEED_RANGE} (each seed's random streams are 64-bit seeded)",
+    )
+    need(cfg.threads is None or cfg.threads <= MAX_THREADS, "threads", f"use an int in [1, {MAX_THREADS}] or null")
+    from ..run.machine import available_bytes
+
+    room = available_bytes()
+    floor = cfg.seeds * SEED_FLOOR_BYTES
+    need(
+        room is None or floor <= room,
+        "seeds",
+        f"each seed needs at least {SEED_FLOOR_BYTES >> 10} KiB whatever the model, {floor / 2**30:.1f} GiB in all, "
+        f"and {room / 2**30 if room else 0:.1f} GiB is available",
     )
 
 
@@ -223,6 +270,7 @@ def _check_values(cfg: Config, need) -> None:
         "use an int >= 1 or null (all training images)",
     )
     need(cfg.seeds >= 1, "seeds", "use an int >= 1")
+    _check_sizes(cfg, need)
     need(cfg.gamma_schedule in SCHEDULES, "gamma_schedule", f"use one of {', '.join(SCHEDULES)}")
     need(math.isfinite(cfg.gamma_start) and cfg.gamma_start >= 0, "gamma_start", "use a finite number >= 0")
     need(cfg.gamma_schedule != "exp" or cfg.gamma_start > 0, "gamma_start", "gamma_schedule=exp needs a number > 0")

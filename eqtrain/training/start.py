@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ log = logging.getLogger("eqtrain")
 
 def new_model(settings: Settings, constrain: bool, group: Group, data: Data) -> EqCNN:
     cfg = settings.config
-    n = len(settings.seed_ids)
+    n = settings.config.seeds
     model = build_model(
         cfg.model, group, data.image_shape, data.n_classes, constrain, settings.dtype, n, settings.coordinates
     )
@@ -39,6 +40,71 @@ def build_for_phase(settings: Settings, phase: Phase, group: Group, data: Data, 
     return model
 
 
+# What shapes a run's state beyond A's values: a checkpoint of another value of these cannot be loaded.
+STATE_KEYS = ("mode", "phases", "twin", "group", "model", "dataset.image_size", "optimizer")
+CARRIED = (
+    "force_resume carries the state over to other training keys (lr, gamma, schedules, data, epochs), not to these"
+)
+_MISSING = object()
+
+
+def resume_refusal(settings: Settings, run_dir: Path | None, err: Exception) -> str:
+    """One line for a checkpoint that cannot be loaded into this run: the keys that differ from the run that
+    wrote it (its config.yaml), then what did not fit."""
+    if isinstance(err, RuntimeError):  # torch's "Error(s) in loading state_dict": its first detail
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err)).rstrip(". ")
+        detail = f"the checkpoint's model does not fit this config ({detail})"
+    else:
+        detail = str(err)
+    differ = _differing_keys(settings, run_dir) if run_dir is not None else []
+    if differ:
+        return f"resume: the checkpoint's run had {', '.join(differ)}: {CARRIED} ({detail})"
+    return f"resume: {detail}; {CARRIED}"
+
+
+def _differing_keys(settings: Settings, run_dir: Path) -> list[str]:
+    """``key=there (here value)`` for the ``STATE_KEYS`` where the run that wrote ``run_dir`` differs (at most 3)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from ..run.files import CONFIG_FILE
+
+    path = next(
+        (p for p in (run_dir / CONFIG_FILE, *sorted(run_dir.glob(f"seed=*/{CONFIG_FILE}"))) if p.is_file()), None
+    )
+    try:
+        there = OmegaConf.to_container(OmegaConf.load(path)) if path is not None else {}
+    except Exception:  # noqa: BLE001  (a damaged config.yaml: no names, the detail alone)
+        there = {}
+    here = dataclasses.asdict(settings.config)
+    differ = [
+        f"{key}={value} (here {_dotted(here, key)})"
+        for top in STATE_KEYS
+        for key, value in _leaves(top, _dotted(there, top))
+        if value is not _MISSING and _plain(value) != _plain(_dotted(here, key))
+    ]
+    return differ[:3]
+
+
+def _dotted(values, key: str):
+    for part in key.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return _MISSING  # (a key added after that run was written: it had the default)
+        values = values[part]
+    return values
+
+
+def _leaves(prefix: str, value) -> list[tuple[str, object]]:
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(f"{prefix}.{k}", v)]
+    return [(prefix, value)]
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def check_models(settings: Settings, group: Group, data: Data) -> None:
     """Build every model the run will need, so that a bad config fails before anything is written."""
     phases = settings.phases
@@ -55,8 +121,11 @@ def check_models(settings: Settings, group: Group, data: Data) -> None:
             raise ConfigError(f"{reason}: {err}" if i else str(err)) from err
 
 
-def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | None) -> RunState:
-    """The run's state at its start: every seed at its A₀ (the same for every mode), or the checkpoint's."""
+def starting_point(
+    settings: Settings, group: Group, data: Data, ckpt: dict | None, run_dir: Path | None = None
+) -> RunState:
+    """The run's state at its start: every seed at its A₀ (the same for every mode), or the checkpoint's
+    (from ``run_dir``, whose earlier config names what differs when the checkpoint cannot be loaded)."""
     check_models(settings, group, data)
     cfg = settings.config
     if settings.device.type == "cpu":  # before the seeds' weights are made: a run that cannot fit never starts
@@ -77,13 +146,7 @@ def starting_point(settings: Settings, group: Group, data: Data, ckpt: dict | No
             raise ConfigError(f"resume: the checkpoint holds seeds {ckpt.get('seeds')}, not {list(settings.seed_ids)}")
         try:
             state.load_state_dict(ckpt)
-        except ValueError as err:  # another optimizer's state or E's coordinates (force_resume)
-            raise ConfigError(f"resume: {err}; force_resume cannot carry that over") from err
-        except RuntimeError as err:  # the model's tensors do not fit (force_resume across models)
-            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-            raise ConfigError(
-                f"resume: the checkpoint's model does not fit this config ({detail.rstrip('. ')}); force_resume "
-                "can change the training keys (lr, gamma, schedules), not the model's (model.*) or the mode's space"
-            ) from err
+        except (ValueError, RuntimeError) as err:  # force_resume across runs whose states do not fit
+            raise ConfigError(resume_refusal(settings, run_dir, err)) from err
         log.info("resuming at step %d (epoch %d, phase %d)", state.step, state.epoch, state.phase)
     return state

@@ -118,10 +118,8 @@ class RunState:
         self.order = state["order"].to(device) if state["order"].numel() else None
         saved = state.get("coordinates", "orthonormal" if self.model.constrain else None)  # (older: orthonormal)
         if saved != self.model.coordinates:  # θ of the same shape, another meaning: refuse, never rescale silently
-            raise ValueError(
-                f"the checkpoint's θ are E's {saved} coordinates, this run's model.equivariant_coordinates gives "
-                f"{self.model.coordinates}"
-            )
+            names = {None: "L's entries", "orthonormal": "E's orthonormal coordinates", "tied": "E's tied orbit values"}
+            raise ValueError(f"the checkpoint's θ are {names[saved]}, this run's {names[self.model.coordinates]}")
         self.model.load_state_dict(state["model"])
         if self.twin is not None:
             self.twin.load_state_dict(state["twin"])

@@ -9,15 +9,17 @@ from typing import Any, Optional
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
-from eqtrain.cli.sweeper import without_repeats
+from eqtrain.cli.errors import fail
+from eqtrain.cli.sweeper import unknown_exclude_keys, without_repeats
 
 log = logging.getLogger(__name__)
 
 
 def _entry(entry: Any) -> dict:
-    """One ``exclude`` entry as a dict, or a ValueError that says what an entry is."""
-    if not isinstance(entry, Mapping):
-        raise ValueError(
+    """One ``exclude`` entry as a dict; anything else stops the sweep with one line (exit 2), before Hydra's
+    instantiation error (four lines, exit 1) could."""
+    if not isinstance(entry, Mapping) or not entry:
+        fail(
             f"hydra.sweeper.exclude: {entry!r} is not valid: each entry maps keys to a value or a list of "
             "values, e.g. [{model: z2cnn, mode: [equivariant, augreg]}]"
         )
@@ -37,6 +39,9 @@ class GridSweeper(BasicSweeper):
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
+        problem = unknown_exclude_keys(jobs, self.exclude)
+        if problem:
+            fail(problem)
         kept = without_repeats(jobs, getattr(self, "default_mode", None), self.exclude)
         if len(kept) < len(jobs):
             log.info(

@@ -68,8 +68,7 @@ def test_the_refusal_names_what_fits(monkeypatch):
     model = build_model(ModelConfig(), Group.from_name("c4"), (1, 28, 28), 10, False)
 
     class Settings:
-        seed_ids = tuple(range(5000))
-        config = type("C", (), {"batch_size": 10})
+        config = type("C", (), {"batch_size": 10, "seeds": 5000})
 
     with pytest.raises(fp.ConfigError) as err:
         fp.check_fits(Settings, model, 1)

@@ -147,8 +147,11 @@ def test_a_sweep_over_optimizers(tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (("optimizer=adam", "model.equivariant_coordinates=orthonormal"), "the checkpoint's optimizer (sgd) keeps"),
-        (("model.equivariant_coordinates=tied",), "the checkpoint's θ are E's orthonormal coordinates"),
+        (("optimizer=adam", "model.equivariant_coordinates=orthonormal"), "optimizer.name=sgd (here adam)"),
+        (
+            ("model.equivariant_coordinates=tied",),
+            "the checkpoint's θ are E's orthonormal coordinates, this run's E's tied",
+        ),
         (("model.bn_affine=true",), "the checkpoint's model does not fit this config (Missing key(s)"),
     ],
 )

@@ -245,13 +245,19 @@ def cifar_damage(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
         "label-10": (pickle.dumps({**cifar_batch(3, seed=1), b"labels": [0, 10, 2]}), "the label 10"),
         "fewer-labels": (pickle.dumps({**cifar_batch(3, seed=1), b"labels": [0, 1]}), "3 images but 2 labels"),
         "code": (pickle.dumps(Payload(tmp_path / "ran")), "it names posix.system"),
+        # _codecs.encode("abc", "no-such-codec"): the one function the reader allows, asked for a codec that
+        # does not exist (a LookupError, not a ValueError)
+        "unknown-codec": (
+            b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x0d\x00\x00\x00no-such-codec\x86R.",
+            "its bytes name an unknown codec",
+        ),
     }
 
 
 @pytest.mark.parametrize(
     "case",
     ["empty", "truncated", "garbage", "html-page", "a-list", "no-labels", "wrong-shape", "floats", "label-10",
-     "fewer-labels", "code"],
+     "fewer-labels", "code", "unknown-codec"],
 )  # fmt: skip
 def test_a_damaged_cifar10_batch_is_named_and_never_executed(tmp_path, case):
     make_cifar10(tmp_path / "data")

@@ -46,9 +46,16 @@ def test_exclude_compares_values_as_hydra_writes_them():
     assert without_repeats(jobs, exclude=[{"gamma": None}, {"twin": True}]) == [jobs[0], jobs[2]]
 
 
-def test_an_exclude_entry_that_is_not_a_mapping_is_refused_naming_it():
+def test_an_exclude_entry_that_is_not_a_mapping_is_refused_naming_it(capsys):
+    """One line and exit 2 from the sweeper itself: a ValueError would reach the user as Hydra's four-line
+    instantiation error, exit 1."""
     from hydra_plugins.eqtrain_sweeper.grid_sweeper import GridSweeper
 
-    with pytest.raises(ValueError, match=r"hydra.sweeper.exclude: 'z2cnn' is not valid: each entry maps keys"):
-        GridSweeper(max_batch_size=None, exclude=["z2cnn"])
+    for entry in ("z2cnn", {}, 3):
+        with pytest.raises(SystemExit) as stop:
+            GridSweeper(max_batch_size=None, exclude=[entry])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"eqtrain: error: hydra.sweeper.exclude: {entry!r} is not valid: each entry maps keys")
+        assert err.count("\n") == 1
     assert GridSweeper(max_batch_size=None, exclude=[{"model": "z2cnn"}]).exclude == [{"model": "z2cnn"}]
