@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..run.files import output_dir_problem
-from .train import message_of, precheck, settings_of, unwritable_output
+from .train import message_of, out_of_memory, precheck, settings_of, unwritable_output
 
 
 class ConfigError(ValueError):
@@ -63,4 +63,8 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
         summary = train_loop(settings, run_dir, overrides)
     except ValueError as err:  # missing or damaged data, a refused resume, a run that cannot fit
         raise ConfigError(message_of(err)) from None
+    except (MemoryError, RuntimeError) as err:  # an allocation that failed: the command line's line
+        if out_of_memory(err) is None:
+            raise
+        raise ConfigError(out_of_memory(err)) from None
     return RunResult(summary, Path(run_dir))

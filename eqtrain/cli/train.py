@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -67,6 +68,20 @@ USER_ERRORS = (ValueError, OSError)
 class JobFailed(CompactHydraException):
     """A sweep's job stopped on a user error. Hydra prints a compact exception as its message alone, so
     the end of the sweep names the job's overrides and this one line, without a traceback."""
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """One line for an allocation that failed (a size the checks could not foresee), or None for other errors."""
+    if not isinstance(err, (MemoryError, RuntimeError)) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" not in str(err)
+    ):
+        return None
+    tried = re.search(r"allocate (\d+) bytes", str(err))
+    size = f" of {int(tried.group(1)) / 2**30:.1f} GiB" if tried else ""
+    return (
+        f"not enough memory: an allocation{size} failed; lower seeds, batch_size, model.channels or "
+        "dataset.image_size (docs/design.md, 'Memory model')"
+    )
 
 
 def message_of(err: Exception) -> str:
@@ -278,8 +293,10 @@ def main(cfg: DictConfig) -> float | None:
 
         run_dir = HydraConfig.get().runtime.output_dir
         result = train(settings, run_dir, list(HydraConfig.get().overrides.task))
-    except USER_ERRORS as err:
-        message = message_of(err)
+    except (*USER_ERRORS, MemoryError, RuntimeError) as err:
+        if not isinstance(err, USER_ERRORS) and out_of_memory(err) is None:
+            raise
+        message = out_of_memory(err) or message_of(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("%s", message)  # the job fails, the sweep goes on; Hydra reports it at the end
             raise JobFailed(f"eqtrain: error: {message}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import struct
 from dataclasses import dataclass, replace
@@ -120,8 +121,18 @@ def image_size_of(value) -> tuple[int, int] | None:
 def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     if size is None or tuple(x.shape[-2:]) == size:
         return x
+    need, ram = x.shape[0] * x.shape[1] * size[0] * size[1] * x.element_size(), _physical_memory()
+    if need > ram:  # refused before the allocation (a traceback, or the kernel's OOM kill); the rest: the memory model
+        raise ValueError(
+            f"dataset.image_size={list(size)} makes {x.shape[0]} images of {x.shape[1]}x{size[0]}x{size[1]} "
+            f"numbers: {need / 2**30:.1f} GiB, more than this machine's {ram / 2**30:.1f} GiB; use a smaller image_size"
+        )
     # Bilinear with align_corners=False commutes with the group on square images (SPEC §6).
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _load_digits(image_size) -> Data:

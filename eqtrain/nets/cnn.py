@@ -213,6 +213,12 @@ def architecture_from_config(model_cfg: ModelConfig, in_shape: tuple[int, int, i
     k = model_cfg.kernel_size
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
         raise ValueError(f"model.kernel_size={k!r} must be a positive odd integer (1, 3, 5, ...)")
+    largest = max(in_shape[1:]) - (1 - max(in_shape[1:]) % 2)  # the largest odd size within the image
+    if k > max(in_shape[1:]):  # (its projections are k²×k² matrices: a kernel of 10001 would need petabytes)
+        raise ValueError(
+            f"model.kernel_size={k} is larger than the {in_shape[1]}x{in_shape[2]} images: use an odd size up to "
+            f"{largest}"
+        )
     _choice("activation", model_cfg.activation, tuple(ACTIVATIONS))
     n = len(channels)
     norm = _norm(model_cfg)

@@ -84,6 +84,35 @@ def test_a_million_seeds_are_refused_by_the_memory_model_naming_what_fits(tmp_pa
     assert line.startswith("seeds=1000000 needs about") and "seeds<=" in line
 
 
+@pytest.mark.parametrize(
+    "override,message,same_until",
+    [
+        ("dataset.image_size=100000", "dataset.image_size=[100000, 100000] makes 1797 images of 1x100000x100000", None),
+        ("model.kernel_size=10001", "model.kernel_size=10001 is larger than the 28x28 images: use an odd size up to 27", None),
+    ],
+)  # fmt: skip
+def test_sizes_that_would_be_allocated_first_are_refused_naming_the_key(
+    tmp_path, monkeypatch, capsys, override, message, same_until
+):
+    """Before: "DefaultCPUAllocator: can't allocate memory" tracebacks (67 000 GiB of images; k²×k² projections)."""
+    assert one_line(tmp_path, monkeypatch, capsys, override, same_until=same_until).startswith(message)
+
+
+def test_an_allocation_no_check_foresaw_is_one_line(tmp_path):
+    """The safety net: under a 4 GiB address-space limit a model of 3000 channels per layer fails to allocate;
+    the user reads one line with what to lower, not torch's allocator traceback."""
+    proc = subprocess.run(
+        [EQTRAIN, *QUICK, "model.channels=[3000,3000]", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (
+        proc.stderr.startswith("eqtrain: error: not enough memory: an allocation of") and proc.stderr.count("\n") == 1
+    )
+    assert "lower seeds, batch_size, model.channels or dataset.image_size" in proc.stderr
+
+
 # -- the run directory, from Python as from the command line ----------------------------------------------------
 def test_an_unusable_run_directory_is_the_same_line_from_python(tmp_path, monkeypatch, capsys):
     """A file where the directory should be, or a directory below a file: the command line's refusal of
