@@ -34,6 +34,7 @@ from ..nets.cnn import EqCNN, logits_at
 from ..nets.layers import NormBlock, NormState
 from ..optim.optimizer import UpdateRule
 from ..run.files import STABILITY_FILE, write_json
+from ..run.progress import Counter
 from ..run.tblog import RunLogger
 from ..schema import LR_RULE, valid_lr
 
@@ -211,14 +212,22 @@ def extreme_eigenvalues(
     like: Sequence[torch.Tensor],
     iterations: int,
     seed: int = 0,
+    tick: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """λ_min and λ_max of P ∇² P on range(P), with their Ritz residuals, from a seeded start."""
+    """λ_min and λ_max of P ∇² P on range(P), with their Ritz residuals, from a seeded start; ``tick`` after
+    every Hessian-vector product (progress)."""
     generator = torch.Generator().manual_seed(seed)
     raw = [torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t) for t in like]
     start = _flat(project(raw))
     if start.norm() == 0:
         raise ValueError("the subspace is {0}: there is no eigenvalue to compute")
-    theta, residual = lanczos(lambda q: _flat(project(hvp(project(_unflat(q, like))))), start, iterations)
+
+    def matvec(q: torch.Tensor) -> torch.Tensor:
+        product = _flat(project(hvp(project(_unflat(q, like)))))
+        tick()
+        return product
+
+    theta, residual = lanczos(matvec, start, iterations)
     return {
         "min": theta[0].item(),
         "max": theta[-1].item(),
@@ -356,8 +365,13 @@ def analyze(
     x, y = data.x_train[:samples], data.y_train[:samples]
     risk = AugmentedRisk(model, x, y, group, dtype, data_scale, chunk, seed_index)
     dim_e, dim_perp = risk.dims()
-    perp = extreme_eigenvalues(risk.hvp, risk.project_perp, risk.point, min(iterations, dim_perp), seed)
-    on_e = extreme_eigenvalues(risk.hvp, risk.project_e, risk.point, min(iterations, dim_e), seed)
+    counts = (min(iterations, dim_perp), min(iterations, dim_e))
+    progress = Counter(sum(counts), "HVP", "Hessian on E-perp and E")  # minutes on a CPU: say how many
+    try:
+        perp = extreme_eigenvalues(risk.hvp, risk.project_perp, risk.point, counts[0], seed, progress.update)
+        on_e = extreme_eigenvalues(risk.hvp, risk.project_e, risk.point, counts[1], seed, progress.update)
+    finally:
+        progress.close()
     tol = rtol * max(abs(perp["min"]), abs(perp["max"]), abs(on_e["min"]), abs(on_e["max"]))
     gamma_crit, gamma_max = gamma_window(perp["min"], perp["max"], lr, rule)
     rate_min, rate_max = contraction_rates(perp["min"], perp["max"], lr, rule, gamma)

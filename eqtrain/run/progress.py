@@ -1,8 +1,10 @@
-"""Progress on the console: a tqdm bar on a terminal, a plain line every few seconds elsewhere.
+"""Progress on the console: a tqdm bar on a terminal or in a notebook, a plain line every few seconds elsewhere.
 
-On a terminal the bar shows steps/s, the ETA, the loss and d(A). Off a terminal (a log file, a
-SLURM job) a redrawn bar would be one endless line, so the same numbers are logged as a plain
-line every ``every_s`` seconds. Values are read from the device only when a line is drawn.
+On a terminal the bar shows steps/s, the ETA, the loss and d(A); in a Jupyter notebook
+(``eqtrain.train`` there) the same bar as a notebook widget (``tqdm.auto``). Off both (a log file, a
+SLURM job) a redrawn bar would be one endless line, so the same numbers are logged as a plain line
+every ``every_s`` seconds, the step counted from the run's start (a resumed run's too). Values are
+read from the device only when a line is drawn.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 log = logging.getLogger("eqtrain")
 
@@ -23,10 +26,12 @@ PLAIN_FORMAT = "step {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaini
 class Progress:
     def __init__(self, total_steps: int, start: int = 0, every_s: float | None = None) -> None:
         self.total, self.start = total_steps, start
-        self.tty = sys.stderr.isatty()
+        notebook = in_notebook()
+        self.tty = sys.stderr.isatty() or notebook
         self.every_s = every_s if every_s is not None else (0.25 if self.tty else 10.0)
+        bar = auto_tqdm if notebook else tqdm
         self._bar = (
-            tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
+            bar(total=total_steps, initial=start, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
             if self.tty
             else None
         )
@@ -45,11 +50,53 @@ class Progress:
             self._bar.update(step - self._bar.n)
             return
         line = tqdm.format_meter(
-            step - self.start, self.total - self.start, now - self._began, bar_format=PLAIN_FORMAT,
-            unit="step", postfix=postfix,
+            step, self.total, now - self._began, bar_format=PLAIN_FORMAT, unit="step", postfix=postfix,
+            initial=self.start,  # the rate and the time left from this process's steps only
         )  # fmt: skip
-        log.info(line.replace(f"{step - self.start}/", f"{step}/", 1) if self.start else line)
+        log.info(line)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class Counter:
+    """Progress of ``total`` units of work (``eqtrain-analyze``'s Hessian-vector products): a bar on a terminal
+    or in a notebook, else a plain line with the rate and the time left every ``every_s`` seconds."""
+
+    def __init__(self, total: int, unit: str, label: str, every_s: float = 10.0) -> None:
+        self.total, self.unit, self.label, self.every_s, self.done = total, unit, label, every_s, 0
+        notebook = in_notebook()
+        bar = auto_tqdm if notebook else tqdm
+        tty = sys.stderr.isatty() or notebook
+        self._bar = bar(total=total, unit=unit, desc=label, leave=False, file=sys.stderr) if tty else None
+        self._began = self._last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            log.info(
+                "%s: %s", self.label,
+                tqdm.format_meter(self.done, self.total, now - self._began, unit=self.unit, bar_format=COUNT_FORMAT),
+            )  # fmt: skip
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+COUNT_FORMAT = "{n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell), where stderr is no terminal but a bar shows."""
+    shell = sys.modules.get("IPython")
+    try:
+        return shell is not None and type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
+    except Exception:  # noqa: BLE001  (an IPython without a running shell)
+        return False
