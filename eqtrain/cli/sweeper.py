@@ -46,6 +46,24 @@ def _same(text: str, value: object) -> bool:
     return text == str(value)
 
 
+def constant_keys(jobs: list[list[str]]) -> list[str]:
+    """The keys every job sets to the same value (a budget such as ``epochs=2``): they name no job apart."""
+    if len(jobs) < 2:
+        return []
+    values = [_values(job) for job in jobs]
+    keys = set().union(*values)
+    return sorted(k for k in keys if all(k in v for v in values) and len({v[k] for v in values}) == 1)
+
+
+def named_by_what_differs(jobs: list[list[str]], excluded: Sequence[str]) -> list[list[str]]:
+    """Each job with one more override: its directory name (``hydra.job.override_dirname``) and TensorBoard's
+    compared hparams leave out what every job shares, so ``0_gamma=0.1,mode=augreg`` tells jobs apart where
+    ``0_dataset.test_limit=100,dataset.train_l…`` did not."""
+    leave_out = sorted({*excluded, *constant_keys(jobs)})
+    setting = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(leave_out)}]"
+    return [[*job, setting] for job in jobs]
+
+
 def unknown_exclude_keys(jobs: list[list[str]], exclude: Sequence[Mapping[str, object]]) -> str | None:
     """The one line for an ``exclude`` entry naming a key that no job sets (a typo such as ``modee``, or a key
     the jobs take from a preset's defaults), which would silently exclude nothing; None if every key is set."""

@@ -128,6 +128,17 @@ def unwritable_output(key: str, directory: str | Path, problem: str) -> str:
     return f"{key}={str(directory)!r} is not writable ({problem}); pass a writable {key}=..."
 
 
+def compared_overrides() -> list[str]:
+    """The overrides TensorBoard's HParams table marks as compared: a sweep job's that its directory is named
+    by (what differs between the jobs, where the grid sweeper says so), a single run's every override."""
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return overrides
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in excluded]
+
+
 def adapt_to_launcher(cfg: DictConfig) -> None:
     """Launcher-dependent defaults, said out loud in configs/hydra/launcher/*.yaml.
 
@@ -292,7 +303,7 @@ def main(cfg: DictConfig) -> float | None:
         from ..training.loop import train
 
         run_dir = HydraConfig.get().runtime.output_dir
-        result = train(settings, run_dir, list(HydraConfig.get().overrides.task))
+        result = train(settings, run_dir, compared_overrides())
     except (*USER_ERRORS, MemoryError, RuntimeError) as err:
         if not isinstance(err, USER_ERRORS) and out_of_memory(err) is None:
             raise

@@ -10,7 +10,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
 from eqtrain.cli.errors import fail
-from eqtrain.cli.sweeper import unknown_exclude_keys, without_repeats
+from eqtrain.cli.sweeper import named_by_what_differs, unknown_exclude_keys, without_repeats
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.default_mode = config.mode.name if "mode" in config else None
+        self.dirname_excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
 
     def split_arguments(self, overrides: list[Override], max_batch_size: int | None) -> list[list[list[str]]]:
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
@@ -49,4 +50,5 @@ class GridSweeper(BasicSweeper):
                 len(kept),
                 len(jobs) - len(kept),
             )
+        kept = named_by_what_differs(kept, getattr(self, "dirname_excluded", ()))
         return list(BasicSweeper.split_overrides_to_chunks(kept, max_batch_size))

@@ -119,3 +119,35 @@ def test_accuracy_study_runs_end_to_end_and_plots_against_gamma(tmp_path):
     with (tmp_path / "sweep" / "vs_gamma_acc_test_orbit.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 11 and all(row["n"] == "2" for row in rows)
+
+
+@pytest.mark.slow  # a sweep of 4 jobs in a subprocess (~5 s)
+def test_a_grid_sweep_names_its_jobs_and_compares_their_hparams_by_what_differs(tmp_path):
+    """The issue's sweep with budget overrides: directories named by mode and γ only, and TensorBoard's HParams
+    table marks mode, γ and seed (and the preset's group and model), not the budget every job shares."""
+    import json
+
+    sweep(
+        tmp_path, "hydra/sweeper=grid", "mode=augreg,nomreg", "gamma=0.1,10", "seeds=2", "epochs=1",
+        "dataset.train_limit=60", "dataset.test_limit=20",
+    )  # fmt: skip
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == [
+        "0_gamma=0.1,mode=augreg",
+        "1_gamma=10,mode=augreg",
+        "2_gamma=0.1,mode=nomreg",
+        "3_gamma=10,mode=nomreg",
+    ]
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    (events,) = (tmp_path / "sweep" / jobs[0] / "seed=1").glob("events.out.tfevents.*")
+    (content,) = [
+        v.metadata.plugin_data.content
+        for e in EventFileLoader(str(events)).Load()
+        for v in e.summary.value
+        if v.tag == "_hparams_/experiment"
+    ]
+    infos = HParamsPluginData.FromString(content).experiment.hparam_infos
+    assert {i.name for i in infos if i.differs} == {"gamma", "mode", "seed", "group", "model"}
+    assert json.loads((tmp_path / "sweep" / jobs[0] / "seed=1" / "metrics.json").read_text())["status"] == "completed"

@@ -59,3 +59,22 @@ def test_an_exclude_entry_that_is_not_a_mapping_is_refused_naming_it(capsys):
         assert err.startswith(f"eqtrain: error: hydra.sweeper.exclude: {entry!r} is not valid: each entry maps keys")
         assert err.count("\n") == 1
     assert GridSweeper(max_batch_size=None, exclude=[{"model": "z2cnn"}]).exclude == [{"model": "z2cnn"}]
+
+
+def test_jobs_are_named_by_what_differs_between_them():
+    """The keys every job shares (a budget such as epochs=2) join the excluded keys of the jobs' directory names
+    (hydra.job.override_dirname) and of TensorBoard's compared hparams: the names tell the jobs apart."""
+    from eqtrain.cli.sweeper import constant_keys, named_by_what_differs
+
+    jobs = [
+        [f"mode={m}", f"gamma={g}", "epochs=2", "dataset.train_limit=300"]
+        for m in ("augreg", "nomreg")
+        for g in (0.1, 10)
+    ]
+    assert constant_keys(jobs) == ["dataset.train_limit", "epochs"]
+    named = named_by_what_differs(jobs, ["device", "threads"])
+    assert [job[:-1] for job in named] == jobs
+    assert {job[-1] for job in named} == {
+        "hydra.job.config.override_dirname.exclude_keys=[dataset.train_limit,device,epochs,threads]"
+    }
+    assert constant_keys(jobs[:1]) == []  # one job: nothing to tell apart, its name is its overrides
