@@ -128,6 +128,31 @@ def unwritable_output(key: str, directory: str | Path, problem: str) -> str:
     return f"{key}={str(directory)!r} is not writable ({problem}); pass a writable {key}=..."
 
 
+def resolved_note(args: list[str]) -> str:
+    """A comment after ``eqtrain --cfg job ...``: the values the run resolves that the YAML shows unset (γ, the
+    equivariant coordinates, the step-size decay), or why the run would be refused."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in args if "=" in a and not a.startswith(("-", "hydra.", "hydra/"))]
+    try:
+        with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
+            settings = settings_of(compose(config_name="config", overrides=overrides))
+    except Exception as err:  # noqa: BLE001  (any refusal: the note says it, Hydra's output stays as it is)
+        return f"# this run would be refused: {message_of(err)}"
+    cfg = settings.config
+    if not any(p.dyn.regularize for p in settings.phases):
+        why = f" (mode={settings.mode} has no regularizer)"
+    else:
+        why = " (unset: the default of the regularized modes)" if cfg.gamma is None else ""
+    used = [f"gamma={settings.gamma:g}{why}"]
+    used.append(f"optimizer: {settings.update_rule.describe()}")
+    if cfg.lr_schedule in ("step", "exp") and cfg.lr_decay is None:
+        used.append(f"lr_decay={settings.lr_decay:g}")
+    if any(p.dyn.constrain for p in settings.phases) or cfg.twin:
+        used.append(f"equivariant coordinates: {settings.coordinates}")
+    return "# the run uses: " + "; ".join(used)
+
+
 def compared_overrides() -> list[str]:
     """The overrides TensorBoard's HParams table marks as compared: a sweep job's that its directory is named
     by (what differs between the jobs, where the grid sweeper says so), a single run's every override."""
@@ -293,6 +318,9 @@ def run() -> None:
         fail(problem)
     register_sweeper()
     main()
+    args = sys.argv[1:]
+    if "--cfg" in args or "-c" in args:  # Hydra printed the composed config: say what the run resolves from it
+        print(resolved_note(args))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://eqtrain.configs", config_name="config")

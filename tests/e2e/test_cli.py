@@ -94,6 +94,36 @@ def test_help_and_cfg_job(tmp_path):
     assert cfg.returncode == 0 and "name: nomreg" in cfg.stdout and "gamma: 1" in cfg.stdout
 
 
+@pytest.mark.parametrize(
+    "overrides,note",
+    [
+        (
+            ["mode=nomreg"],
+            "# the run uses: gamma=10 (unset: the default of the regularized modes); optimizer: plain sgd",
+        ),
+        (["mode=nominal", "gamma=1"], "# the run uses: gamma=0 (mode=nominal has no regularizer)"),
+        (["mode=equivariant", "optimizer=adam", "lr_schedule=exp"], "lr_decay=0.9; equivariant coordinates: tied"),
+        (["lr=-1"], "# this run would be refused: lr=-1.0 is not valid: use a finite number > 0"),
+    ],
+)
+def test_cfg_job_says_what_the_run_resolves_from_its_config(tmp_path, monkeypatch, capsys, overrides, note):
+    """`eqtrain --cfg job mode=nomreg` prints gamma: null (unset): the line after the YAML says the γ the run
+    uses, and the other values it resolves (an unset lr_decay, the equivariant coordinates)."""
+    import logging
+
+    from eqtrain.cli.train import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["eqtrain", "--cfg", "job", *overrides])
+    try:
+        run()
+    finally:
+        logging.getLogger().handlers.clear()
+    out = capsys.readouterr().out
+    assert "gamma: " in out  # Hydra's YAML, then the note
+    assert note in out.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_two_runs_started_together_get_two_directories(tmp_path):
     procs = [
