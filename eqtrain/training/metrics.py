@@ -13,14 +13,15 @@ from ..nets.cnn import EqCNN, block_outputs, head_at, logits_at
 from ..nets.layers import NormState
 from .layer_equivariance import channel_perms, error_sums, layer_errors, layer_tags, reference_maps
 
-# What a run reports at the end, in the hparams (TensorBoard's HParams tab) and per evaluation.
+# What a run reports at the end, in the hparams (TensorBoard's HParams tab) and per evaluation; TensorBoard's
+# table shows the metrics in this order, so what a sweep compares comes first.
 HPARAM_METRICS = (
-    "acc/test",
     "acc/test_orbit",
+    "dist_to_E_rel/total",
     "acc/test_projected",
+    "acc/test",
     "acc/test_orbit_projected",
     "dist_to_E/total",
-    "dist_to_E_rel/total",
     "equiv/test_error",
 )
 
