@@ -128,6 +128,22 @@ def unwritable_output(key: str, directory: str | Path, problem: str) -> str:
     return f"{key}={str(directory)!r} is not writable ({problem}); pass a writable {key}=..."
 
 
+def with_grid_sweeper(args: list[str]) -> list[str]:
+    """``-m`` sweeps with eqtrain's grid sweeper (configs/hydra/sweeper/grid.yaml) unless the command line picks
+    a sweeper, a search (``hparams_search``: Optuna's) or config directories of its own.
+
+    The grid is Hydra's, less the jobs that would repeat another exactly, each job named by what differs
+    between the jobs. (Said on the command line, not in the primary config's defaults, where it would also
+    override the sweeper an ``hparams_search`` option chooses.)
+    """
+    if not {"-m", "--multirun"} & set(args):
+        return args
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in args}
+    if keys & {"hydra/sweeper", "hparams_search", *OWN_CONFIGS}:
+        return args
+    return [*args, "hydra/sweeper=grid"]
+
+
 def resolved_note(args: list[str]) -> str:
     """A comment after ``eqtrain --cfg job ...``: the values the run resolves that the YAML shows unset (γ, the
     equivariant coordinates, the step-size decay), or why the run would be refused."""
@@ -317,6 +333,7 @@ def run() -> None:
     if problem:
         fail(problem)
     register_sweeper()
+    sys.argv = [sys.argv[0], *with_grid_sweeper(sys.argv[1:])]
     main()
     args = sys.argv[1:]
     if "--cfg" in args or "-c" in args:  # Hydra printed the composed config: say what the run resolves from it

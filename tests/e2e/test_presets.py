@@ -122,13 +122,13 @@ def test_accuracy_study_runs_end_to_end_and_plots_against_gamma(tmp_path):
 
 
 @pytest.mark.slow  # a sweep of 4 jobs in a subprocess (~5 s)
-def test_a_grid_sweep_names_its_jobs_and_compares_their_hparams_by_what_differs(tmp_path):
-    """The issue's sweep with budget overrides: directories named by mode and γ only, and TensorBoard's HParams
+def test_a_sweep_names_its_jobs_and_compares_their_hparams_by_what_differs(tmp_path):
+    """`eqtrain -m` (the grid sweeper) on a sweep with budget overrides: directories named by mode and γ only, and TensorBoard's HParams
     table marks mode, γ and seed (and the preset's group and model), not the budget every job shares."""
     import json
 
     sweep(
-        tmp_path, "hydra/sweeper=grid", "mode=augreg,nomreg", "gamma=0.1,10", "seeds=2", "epochs=1",
+        tmp_path, "mode=augreg,nomreg", "gamma=0.1,10", "seeds=2", "epochs=1",
         "dataset.train_limit=60", "dataset.test_limit=20",
     )  # fmt: skip
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())

@@ -78,3 +78,13 @@ def test_jobs_are_named_by_what_differs_between_them():
         "hydra.job.config.override_dirname.exclude_keys=[dataset.train_limit,device,epochs,threads]"
     }
     assert constant_keys(jobs[:1]) == []  # one job: nothing to tell apart, its name is its overrides
+
+
+def test_eqtrain_m_sweeps_with_the_grid_unless_told_otherwise():
+    """-m adds hydra/sweeper=grid; a sweeper, a search (Optuna's) or one's own config directory are left alone."""
+    from eqtrain.cli.train import with_grid_sweeper
+
+    assert with_grid_sweeper(["-m", "mode=augreg,nomreg"]) == ["-m", "mode=augreg,nomreg", "hydra/sweeper=grid"]
+    assert with_grid_sweeper(["mode=augreg"]) == ["mode=augreg"]  # a single run
+    for own in ("hydra/sweeper=basic", "hparams_search=gamma_optuna", "hydra.searchpath=[file://x]"):
+        assert with_grid_sweeper(["--multirun", own]) == ["--multirun", own]
