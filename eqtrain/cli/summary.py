@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import urllib.parse
 from pathlib import Path
 
 from ..run.files import METRICS_FILE
@@ -18,6 +19,17 @@ def shown(path: Path) -> Path:
     """A path as the user would type it: relative to the working directory when it lies below it."""
     path = Path(path).absolute()
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+# The curves a user opens TensorBoard for (SPEC §7): pinned above the Time Series tab's sections, which
+# TensorBoard sorts by tag name (acc/* would come first). TensorBoard reads pins from the page's address.
+PINNED = ("dist_to_E/total", "dist_to_E_rel/total")
+
+
+def curves_url(port: int = 6006) -> str:
+    """TensorBoard's address with the distance to E pinned on top of the Time Series tab."""
+    cards = json.dumps([{"plugin": "scalars", "tag": tag} for tag in PINNED], separators=(",", ":"))
+    return f"http://localhost:{port}/?pinnedCards={urllib.parse.quote(cards)}#timeseries"
 
 
 def run_summary(result: dict, run_dir: Path) -> str:
@@ -38,6 +50,7 @@ def run_summary(result: dict, run_dir: Path) -> str:
             f"equiv/test_error {m['equiv/test_error']:.4g}",
             f"  run directory: {run_dir}",
             f"  curves: tensorboard --logdir {run_dir}",
+            f"  then open {curves_url()}",
         ]
     )
 
@@ -62,4 +75,5 @@ def sweep_summary(sweep_dir: Path) -> str:
         )
     lines.append(f"  figure and table: eqtrain-plot {shown(sweep_dir)}")
     lines.append(f"  curves: tensorboard --logdir {shown(sweep_dir)}")
+    lines.append(f"  then open {curves_url()}")
     return "\n".join(lines)

@@ -29,7 +29,16 @@ def test_run_writes_curves_hparams_and_metrics(tmp_path):
     assert "eqtrain: augreg, gamma=10, group=c4: completed after 20 steps" in proc.stdout
     assert "d(A)  3.013 -> " in proc.stdout and "acc/test_orbit" in proc.stdout
     assert f"curves: tensorboard --logdir {run_dir.relative_to(tmp_path)}" in proc.stdout
+    # TensorBoard's address with the distance curves pinned above the Time Series tab (checked in Chromium:
+    # docs/figures/tensorboard_distance_pinned.png); every pinned tag is one the run logged
+    from urllib.parse import parse_qs, urlparse
+
+    url = proc.stdout.split("then open ")[1].split()[0]
+    pinned = json.loads(parse_qs(urlparse(url).query)["pinnedCards"][0])
+    assert url.startswith("http://localhost:6006/?") and url.endswith("#timeseries")
+    assert [c["tag"] for c in pinned] == ["dist_to_E/total", "dist_to_E_rel/total"]
     steps = scalars(run_dir)
+    assert all(c["plugin"] == "scalars" and c["tag"] in steps for c in pinned)
     for tag in ("dist_to_E/conv1", "dist_to_E/conv2", "dist_to_E/head", "dist_to_E/total", "dist_to_E_rel/total"):
         assert steps[tag] == list(range(21)), tag  # 20 steps of 20 (max_steps) + the final weights
     for tag in ("loss/data", "loss/reg", "loss/total", "gamma/t"):
