@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``eqtrain-analyze RUN_DIR [--samples N] [--iterations K] [--lr LR]``; 0 on success, 2 on a bad input."""
     args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:  # off a terminal (SLURM, a log file) its progress comes as log lines
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch  # only once the command line parsed: --help stays fast
     from omegaconf.errors import OmegaConfBaseException
     from yaml import YAMLError

@@ -72,12 +72,14 @@ class JobFailed(CompactHydraException):
 
 def out_of_memory(err: BaseException) -> str | None:
     """One line for an allocation that failed (a size the checks could not foresee), or None for other errors."""
+    text = str(err)
     if not isinstance(err, (MemoryError, RuntimeError)) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" not in str(err)
-    ):
+        isinstance(err, RuntimeError) and "can't allocate memory" not in text and "out of memory" not in text
+    ):  # (the CPU allocator's words; CUDA's torch.OutOfMemoryError is a RuntimeError saying "out of memory")
         return None
-    tried = re.search(r"allocate (\d+) bytes", str(err))
-    size = f" of {int(tried.group(1)) / 2**30:.1f} GiB" if tried else ""
+    tried = re.search(r"allocate (\d+) bytes", text)
+    cuda = re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", text)
+    size = f" of {int(tried.group(1)) / 2**30:.1f} GiB" if tried else f" of {cuda.group(1)}" if cuda else ""
     return (
         f"not enough memory: an allocation{size} failed; lower seeds, batch_size, model.channels or "
         "dataset.image_size (docs/design.md, 'Memory model')"
@@ -146,13 +148,23 @@ def with_grid_sweeper(args: list[str]) -> list[str]:
 
 def resolved_note(args: list[str]) -> str:
     """A comment after ``eqtrain --cfg job ...``: the values the run resolves that the YAML shows unset (γ, the
-    equivariant coordinates, the step-size decay), or why the run would be refused."""
+    equivariant coordinates, the step-size decay), what a sweep sets per job, or why the run would be refused."""
     from hydra import compose, initialize_config_module
 
-    overrides = [a for a in args if "=" in a and not a.startswith(("-", "hydra.", "hydra/"))]
+    given = [a for a in args if "=" in a and not a.startswith(("-", "hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+    except Exception as err:  # noqa: BLE001
+        return f"# this run would be refused: {message_of(err)}"
+    swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     try:
         with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
-            settings = settings_of(compose(config_name="config", overrides=overrides))
+            cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+        swept += [str(k) for k in (cfg.hydra.sweeper.get("params") or {})]
+        with open_dict(cfg):
+            del cfg["hydra"]
+        settings = settings_of(cfg)
     except Exception as err:  # noqa: BLE001  (any refusal: the note says it, Hydra's output stays as it is)
         return f"# this run would be refused: {message_of(err)}"
     cfg = settings.config
@@ -160,12 +172,13 @@ def resolved_note(args: list[str]) -> str:
         why = f" (mode={settings.mode} has no regularizer)"
     else:
         why = " (unset: the default of the regularized modes)" if cfg.gamma is None else ""
-    used = [f"gamma={settings.gamma:g}{why}"]
-    used.append(f"optimizer: {settings.update_rule.describe()}")
+    used = [f"gamma={settings.gamma:g}{why}", f"optimizer: {settings.update_rule.describe()}"]
     if cfg.lr_schedule in ("step", "exp") and cfg.lr_decay is None:
         used.append(f"lr_decay={settings.lr_decay:g}")
     if any(p.dyn.constrain for p in settings.phases) or cfg.twin:
         used.append(f"equivariant coordinates: {settings.coordinates}")
+    if swept:
+        used.append(f"a sweep's jobs each set their own {', '.join(dict.fromkeys(swept))}")
     return "# the run uses: " + "; ".join(used)
 
 
@@ -251,7 +264,7 @@ def precheck(args: list[str]) -> str | None:
             )
         if override.type == OverrideType.DEL:
             continue
-        if key in GROUPS and override.type != OverrideType.CHANGE:  # every group is in the defaults list already
+        if key in GROUPS and override.type == OverrideType.ADD:  # every group is in the defaults list already
             return f"{arg} is not valid: {key} is chosen with {key}=<option> (no +)"
         if key in GROUPS:
             chosen = _plain_values(override)
@@ -336,7 +349,8 @@ def run() -> None:
     sys.argv = [sys.argv[0], *with_grid_sweeper(sys.argv[1:])]
     main()
     args = sys.argv[1:]
-    if "--cfg" in args or "-c" in args:  # Hydra printed the composed config: say what the run resolves from it
+    asked = any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in args)
+    if asked and not any(a.split("=")[0] in OWN_CONFIGS for a in args):  # Hydra printed eqtrain's config
         print(resolved_note(args))
 
 

@@ -131,8 +131,11 @@ def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def _physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def _physical_memory() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no check
+        return float("inf")
 
 
 def _load_digits(image_size) -> Data:

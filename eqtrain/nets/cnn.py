@@ -98,6 +98,14 @@ class Architecture:
             return FieldType(group, "trivial", fields.fields), (1, 1)
         return fields, self.grids()[-1]
 
+    def weight_entries(self, group: Group) -> int:
+        """Entries of A of one seed (every conv's out·in·k², the head's classes·in·h·w): its size before any
+        of it is allocated."""
+        types = self.field_types(group)
+        head_in, (fh, fw) = self.head_input(group)
+        convs = sum(o.channels * i.channels * self.kernel_size**2 for o, i in zip(types[1:-1], types[:-2]))
+        return convs + self.n_classes * head_in.channels * fh * fw
+
     def blocks(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
         """((h, w) of the conv output, (h, w) after pooling) of every conv block."""
         h, w = self.in_shape[1:]

@@ -51,6 +51,31 @@ def available_bytes() -> int | None:
     return min(candidates) if candidates else None
 
 
+def memory_limit() -> int | None:
+    """All the memory this process could ever have: the machine's, or less under a cgroup limit (SLURM).
+    (For sizes no run could fit whatever else is running; ``available_bytes`` is what is left now.)"""
+    candidates = []
+    try:
+        candidates.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        pass
+    limit = _cgroup_file("memory.max")
+    if limit is not None and limit != "max":
+        candidates.append(int(limit))
+    return min(candidates) if candidates else None
+
+
+def _cgroup_file(name: str) -> str | None:
+    """A file of this process's cgroup v2 directory, stripped, or None."""
+    try:
+        rel = next(
+            line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines() if line[:3] == "0::"
+        )
+        return (Path("/sys/fs/cgroup") / rel.strip().lstrip("/") / name).read_text().strip()
+    except (OSError, StopIteration):
+        return None
+
+
 def _cgroup_room() -> list[int]:
     """The room left under this process's cgroup v2 memory limit, if it has one."""
     try:

@@ -94,9 +94,11 @@ COUNT_FORMAT = "{n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed}<{remai
 
 
 def in_notebook() -> bool:
-    """Whether this process is a Jupyter kernel (IPython's ZMQ shell), where stderr is no terminal but a bar shows."""
-    shell = sys.modules.get("IPython")
+    """Whether this process is a Jupyter kernel (Jupyter's, Colab's: an IPython kernel app), where stderr is no
+    terminal but a bar shows (tqdm.autonotebook's test)."""
+    ipython = sys.modules.get("IPython")
     try:
-        return shell is not None and type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
+        shell = ipython.get_ipython() if ipython is not None else None
+        return shell is not None and "IPKernelApp" in shell.config
     except Exception:  # noqa: BLE001  (an IPython without a running shell)
         return False

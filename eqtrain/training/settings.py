@@ -216,15 +216,16 @@ def _as_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _check_ints(values: dict, prefix: str = "") -> None:
-    """Every int of the config within a 64-bit int, before any of them reaches torch (which would say
-    "Overflow when unpacking long long" without naming the key)."""
-    for key, value in values.items():
+def _check_ints(values, prefix: str = "") -> None:
+    """Every int of the config, in lists too (``model.channels``), within a 64-bit int, before any of them
+    reaches torch (which would say "Overflow when unpacking long long" without naming the key)."""
+    items = values.items() if isinstance(values, dict) else enumerate(values)
+    for key, value in items:
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, (dict, list, tuple)):
             _check_ints(value, f"{name}.")
-        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
-            raise ConfigError(f"{name}={value!r} is not valid: larger than a 64-bit int ({INT64})")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -INT64 - 1 <= value <= INT64:
+            raise ConfigError(f"{name}={value!r} is not valid: outside a 64-bit int (±{INT64})")
 
 
 def _check_sizes(cfg: Config, need) -> None:
@@ -236,15 +237,15 @@ def _check_sizes(cfg: Config, need) -> None:
         f"seed + seeds - 1 must be at most {SEED_RANGE} (each seed's random streams are 64-bit seeded)",
     )
     need(cfg.threads is None or cfg.threads <= MAX_THREADS, "threads", f"use an int in [1, {MAX_THREADS}] or null")
-    from ..run.machine import available_bytes
+    from ..run.machine import memory_limit
 
-    room = available_bytes()
+    room = memory_limit()  # all this process could ever have: the run's own size is checked when it starts
     floor = cfg.seeds * SEED_FLOOR_BYTES
     need(
         room is None or floor <= room,
         "seeds",
         f"each seed needs at least {SEED_FLOOR_BYTES >> 10} KiB whatever the model, {floor / 2**30:.1f} GiB in all, "
-        f"and {room / 2**30 if room else 0:.1f} GiB is available",
+        f"and this machine has {room / 2**30 if room else 0:.1f} GiB",
     )
 
 

@@ -59,7 +59,7 @@ def resume_refusal(settings: Settings, run_dir: Path | None, err: Exception) -> 
     differ = _differing_keys(settings, run_dir) if run_dir is not None else []
     if differ:
         return f"resume: the checkpoint's run had {', '.join(differ)}: {CARRIED} ({detail})"
-    return f"resume: {detail}; {CARRIED}"
+    return f"resume: {detail}; force_resume carries the state over to other training keys (lr, gamma, schedules, data, epochs) only"
 
 
 def _differing_keys(settings: Settings, run_dir: Path) -> list[str]:
@@ -105,12 +105,33 @@ def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
+def check_width(settings: Settings, group: Group, data: Data) -> None:
+    """Refuse a model one seed of which cannot be built (``model.channels`` of a hundred million), before building it:
+    its weights alone, with their gradient and a copy, beyond the memory left (the memory model then sizes the run)."""
+    from ..nets.cnn import architecture_from_config
+    from ..run.machine import available_bytes
+
+    model_cfg = settings.config.model
+    try:
+        arch = architecture_from_config(model_cfg, data.image_shape, data.n_classes)
+        entries = arch.weight_entries(group)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    need, room = 3 * entries * settings.dtype.itemsize, available_bytes()
+    if room is not None and need > room:
+        raise ConfigError(
+            f"model.channels={list(model_cfg.channels)} makes {entries:.3g} weights per seed, {need / 2**30:.1f} GiB "
+            f"with their gradient and a copy, but {room / 2**30:.1f} GiB is available; use fewer channels"
+        )
+
+
 def check_models(settings: Settings, group: Group, data: Data) -> None:
     """Build every model the run will need, so that a bad config fails before anything is written."""
     phases = settings.phases
     needs = [(f"mode={phases[0].mode}", phases[0].dyn.constrain)]
     needs += [(f"phases.{i}.mode={p.mode}", p.dyn.constrain) for i, p in enumerate(phases) if i]
     needs += [("twin=true", True)] * settings.config.twin
+    check_width(settings, group, data)
     for i, (reason, constrain) in enumerate(needs):
         try:
             build_model(

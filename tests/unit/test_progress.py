@@ -1,6 +1,7 @@
 """Progress off a terminal: a plain line every few seconds (a SLURM log stays readable)."""
 
 import logging
+import sys
 
 import torch
 
@@ -66,3 +67,15 @@ def test_a_long_computation_counts_its_work_with_the_time_left(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 20 and lines[-1].startswith("Hessian on E-perp and E: 20/80 HVP (25%) [")
     assert "<" in lines[-1] and "HVP/s" in lines[-1]  # the time left and the rate
+
+
+def test_a_kernel_is_told_by_its_app_not_its_shell_class(monkeypatch):
+    """Jupyter's shell and Colab's (another class) both run in an IPython kernel app: both get the bar."""
+    import types
+
+    from eqtrain.run.progress import in_notebook
+
+    for config, expected in (({"IPKernelApp": {}}, True), ({}, False)):
+        shell = types.SimpleNamespace(config=config)
+        monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda shell=shell: shell))
+        assert in_notebook() is expected
