@@ -313,8 +313,7 @@ def gamma_window(lambda_min: float, lambda_max: float, lr: float, rule: UpdateRu
     """
     if rule.adaptive:
         return max(0.0, -lambda_min - rule.coupled_decay), None
-    decoupled = rule.weight_decay if rule.decoupled else 0.0
-    lo, hi = step_window(lr, rule.momentum, rule.nesterov, decoupled)
+    lo, hi = step_window(lr, rule.momentum, rule.nesterov, rule.decoupled_decay)
     return max(0.0, lo - rule.coupled_decay - lambda_min), hi - rule.coupled_decay - lambda_max
 
 
@@ -324,9 +323,8 @@ def contraction_rates(
     """``momentum_rate`` of the directions λ_min and λ_max of H_⊥ at γ (SPEC §12.4); None for Adam and AdamW."""
     if rule.adaptive:
         return None, None
-    decoupled = rule.weight_decay if rule.decoupled else 0.0
     return tuple(
-        momentum_rate(lr, lam + gamma + rule.coupled_decay, rule.momentum, rule.nesterov, decoupled)
+        momentum_rate(lr, lam + gamma + rule.coupled_decay, rule.momentum, rule.nesterov, rule.decoupled_decay)
         for lam in (lambda_min, lambda_max)
     )
 

@@ -64,7 +64,8 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     except ValueError as err:  # missing or damaged data, a refused resume, a run that cannot fit
         raise ConfigError(message_of(err)) from None
     except (MemoryError, RuntimeError) as err:  # an allocation that failed: the command line's line
-        if out_of_memory(err) is None:
+        oom = out_of_memory(err)
+        if oom is None:
             raise
-        raise ConfigError(out_of_memory(err)) from None
+        raise ConfigError(oom) from None
     return RunResult(summary, Path(run_dir))

@@ -256,12 +256,8 @@ def precheck(args: list[str]) -> str | None:
         if override.package or key.startswith("hydra") or "/" in key:
             continue
         if override.type == OverrideType.DEL and key not in GROUPS:  # every key has a default: nothing to remove
-            known = _schema_path_problem(schema, key) is None
-            return (
-                f"~{key} is not valid: eqtrain's keys all have defaults, set it instead ({key}=...)"
-                if known
-                else _schema_path_problem(schema, key)
-            )
+            unknown = _schema_path_problem(schema, key)
+            return unknown or f"~{key} is not valid: eqtrain's keys all have defaults, set it instead ({key}=...)"
         if override.type == OverrideType.DEL:
             continue
         if key in GROUPS and override.type == OverrideType.ADD:  # every group is in the defaults list already
@@ -364,9 +360,10 @@ def main(cfg: DictConfig) -> float | None:
         run_dir = HydraConfig.get().runtime.output_dir
         result = train(settings, run_dir, compared_overrides())
     except (*USER_ERRORS, MemoryError, RuntimeError) as err:
-        if not isinstance(err, USER_ERRORS) and out_of_memory(err) is None:
+        oom = out_of_memory(err)
+        if oom is None and not isinstance(err, USER_ERRORS):
             raise
-        message = out_of_memory(err) or message_of(err)
+        message = oom or message_of(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("%s", message)  # the job fails, the sweep goes on; Hydra reports it at the end
             raise JobFailed(f"eqtrain: error: {message}") from None

@@ -51,6 +51,11 @@ class UpdateRule:
         return 0.0 if self.decoupled else self.weight_decay
 
     @property
+    def decoupled_decay(self) -> float:
+        """λ of the shrink A ← (1 − ηλ)A before each step (0 when coupled or none)."""
+        return self.weight_decay if self.decoupled else 0.0
+
+    @property
     def state_names(self) -> tuple[str, ...]:
         if self.adaptive:
             return ("exp_avg", "exp_avg_sq")

@@ -60,7 +60,7 @@ def memory_limit() -> int | None:
     except (AttributeError, ValueError, OSError):  # not POSIX
         pass
     limit = _cgroup_file("memory.max")
-    if limit is not None and limit != "max":
+    if limit is not None and limit.isdigit():  # ("max": no limit)
         candidates.append(int(limit))
     return min(candidates) if candidates else None
 
@@ -78,19 +78,10 @@ def _cgroup_file(name: str) -> str | None:
 
 def _cgroup_room() -> list[int]:
     """The room left under this process's cgroup v2 memory limit, if it has one."""
-    try:
-        rel = next(
-            line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines() if line[:3] == "0::"
-        )
-    except (OSError, StopIteration):
+    limit, used = _cgroup_file("memory.max"), _cgroup_file("memory.current")
+    if limit is None or not limit.isdigit() or used is None or not used.isdigit():  # ("max": no limit)
         return []
-    base = Path("/sys/fs/cgroup") / rel.strip().lstrip("/")
-    try:
-        limit = (base / "memory.max").read_text().strip()
-        used = int((base / "memory.current").read_text())
-    except (OSError, ValueError):
-        return []
-    return [] if limit == "max" else [max(0, int(limit) - used)]
+    return [max(0, int(limit) - int(used))]
 
 
 def cpus_allowed() -> int:

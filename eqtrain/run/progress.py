@@ -26,15 +26,9 @@ PLAIN_FORMAT = "step {n_fmt}/{total_fmt} ({percentage:.0f}%) [{elapsed}<{remaini
 class Progress:
     def __init__(self, total_steps: int, start: int = 0, every_s: float | None = None) -> None:
         self.total, self.start = total_steps, start
-        notebook = in_notebook()
-        self.tty = sys.stderr.isatty() or notebook
+        self._bar = console_bar(total=total_steps, initial=start, unit="step", dynamic_ncols=True)
+        self.tty = self._bar is not None
         self.every_s = every_s if every_s is not None else (0.25 if self.tty else 10.0)
-        bar = auto_tqdm if notebook else tqdm
-        self._bar = (
-            bar(total=total_steps, initial=start, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
-            if self.tty
-            else None
-        )
         self._began = self._last = time.monotonic()
 
     def update(self, step: int, loss: torch.Tensor, distance: Callable[[], torch.Tensor]) -> None:
@@ -66,10 +60,7 @@ class Counter:
 
     def __init__(self, total: int, unit: str, label: str, every_s: float = 10.0) -> None:
         self.total, self.unit, self.label, self.every_s, self.done = total, unit, label, every_s, 0
-        notebook = in_notebook()
-        bar = auto_tqdm if notebook else tqdm
-        tty = sys.stderr.isatty() or notebook
-        self._bar = bar(total=total, unit=unit, desc=label, leave=False, file=sys.stderr) if tty else None
+        self._bar = console_bar(total=total, unit=unit, desc=label)
         self._began = self._last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -91,6 +82,15 @@ class Counter:
 
 
 COUNT_FORMAT = "{n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) [{elapsed}<{remaining}, {rate_fmt}]"
+
+
+def console_bar(**kwargs):
+    """tqdm's bar on stderr where one can be drawn — a terminal, or a notebook's widget (tqdm.auto) — or None
+    (a log file, a SLURM job: the callers log plain lines instead)."""
+    notebook = in_notebook()
+    if not (notebook or sys.stderr.isatty()):
+        return None
+    return (auto_tqdm if notebook else tqdm)(leave=False, file=sys.stderr, **kwargs)
 
 
 def in_notebook() -> bool:

@@ -98,9 +98,8 @@ class Settings:
         from ..optim.optimizer import UpdateRule  # (torch: not before a bad value is answered)
 
         opt = self.config.optimizer
-        decoupled = opt.name == "adamw" if opt.decoupled is None else opt.decoupled
         return UpdateRule(
-            opt.name, opt.momentum, opt.nesterov, tuple(opt.betas), opt.eps, self.config.weight_decay, decoupled
+            opt.name, opt.momentum, opt.nesterov, tuple(opt.betas), opt.eps, self.config.weight_decay, _decoupled(opt)
         )
 
     @property
@@ -283,6 +282,11 @@ def _check_values(cfg: Config, need) -> None:
     _check_recipe(cfg, need)
 
 
+def _decoupled(opt) -> bool:
+    """``optimizer.decoupled``, or unset the optimizer's own: decoupled for adamw, coupled for the others."""
+    return opt.name == "adamw" if opt.decoupled is None else opt.decoupled
+
+
 def _check_recipe(cfg: Config, need) -> None:
     """The optimizer, its weight decay and the step-size schedule (SPEC §12)."""
     opt = cfg.optimizer
@@ -302,9 +306,8 @@ def _check_recipe(cfg: Config, need) -> None:
         "adamw's weight decay is decoupled: use optimizer=adam for a coupled one",
     )
     need(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "use a finite number >= 0")
-    decoupled = opt.name == "adamw" if opt.decoupled is None else opt.decoupled
     need(
-        not decoupled or cfg.weight_decay * cfg.lr < 1,
+        not _decoupled(opt) or cfg.weight_decay * cfg.lr < 1,
         "weight_decay",
         f"a decoupled decay A <- (1 - lr*weight_decay)A needs lr * weight_decay < 1 (lr={cfg.lr!r})",
     )

@@ -42,9 +42,7 @@ def build_for_phase(settings: Settings, phase: Phase, group: Group, data: Data, 
 
 # What shapes a run's state beyond A's values: a checkpoint of another value of these cannot be loaded.
 STATE_KEYS = ("mode", "phases", "twin", "group", "model", "dataset.image_size", "optimizer")
-CARRIED = (
-    "force_resume carries the state over to other training keys (lr, gamma, schedules, data, epochs), not to these"
-)
+CARRIED = "force_resume carries the state over to other training keys (lr, gamma, schedules, data, epochs)"
 _MISSING = object()
 
 
@@ -58,8 +56,8 @@ def resume_refusal(settings: Settings, run_dir: Path | None, err: Exception) -> 
         detail = str(err)
     differ = _differing_keys(settings, run_dir) if run_dir is not None else []
     if differ:
-        return f"resume: the checkpoint's run had {', '.join(differ)}: {CARRIED} ({detail})"
-    return f"resume: {detail}; force_resume carries the state over to other training keys (lr, gamma, schedules, data, epochs) only"
+        return f"resume: the checkpoint's run had {', '.join(differ)}: {CARRIED}, not to these ({detail})"
+    return f"resume: {detail}; {CARRIED} only"
 
 
 def _differing_keys(settings: Settings, run_dir: Path) -> list[str]:
