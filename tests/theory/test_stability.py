@@ -82,15 +82,16 @@ def test_the_analysed_risk_is_the_training_loss_of_a_batch_norm_with_an_affine()
     bn = ("model.norm=batchnorm", "model.bn_stats=running", "model.bn_affine=true", "model.layernorm=false")
     _, data, _ = small_model(*bn, samples=8)
     model = build_model(model_config(*bn), C4, data.image_shape, data.n_classes, False, torch.float64, n_seeds=2)
+    rng = torch.Generator().manual_seed(0)  # the test's own numbers, whatever ran before it in this worker
     with torch.no_grad():
-        model.flat.normal_(0, 0.3)  # weights, scales and shifts of both seeds
-        model.norm_stats.normal_(0, 1).abs_()  # running statistics that are not the batch's
+        model.flat.normal_(0, 0.3, generator=rng)  # weights, scales and shifts of both seeds
+        model.norm_stats.normal_(0, 1, generator=rng).abs_()  # running statistics that are not the batch's
     risk = AugmentedRisk(model, data.x_train, data.y_train, C4, seed_index=1, chunk=10_000)
     xg, yg = risk.x, risk.y
-    expected = F.cross_entropy(model.logits(xg, train=True, update_stats=False)[1], yg)
-    assert risk.loss().item() == pytest.approx(expected.item(), rel=1e-12)
-    evaluated = F.cross_entropy(model.logits(xg)[1], yg)  # with the running statistics: another number
-    assert abs(evaluated.item() - expected.item()) > 1e-3
+    trained = model.logits(xg, train=True, update_stats=False)[1]
+    assert risk.loss().item() == pytest.approx(F.cross_entropy(trained, yg).item(), rel=1e-12)
+    evaluated = model.logits(xg)[1]  # with the running statistics: another function of x
+    assert (evaluated - trained).abs().max().item() > 1e-2
 
 
 def model_config(*overrides: str):
