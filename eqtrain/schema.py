@@ -29,6 +29,8 @@ def valid_lr(lr: float) -> bool:
 
 
 DEFAULT_GAMMA = 10.0  # γ of the regularized modes when ``gamma`` is left unset (docs/design.md: the default run)
+DEFAULT_GAMMA_F = 1.0  # γ_f of the function-penalized modes (augfn, nomfn) when ``gamma_f`` is left unset
+LOGITS = "logits"  # in ``gamma_f_layers``: the network's output (the hidden layers are named conv1, conv2, ...)
 
 
 @dataclass
@@ -129,6 +131,9 @@ class Config:
     gamma_start: float = 0.0  # γ at step 0 of a ramp (exp needs > 0)
     gamma_ramp_epochs: float = 0.0  # length of the ramp in epochs (fractions allowed) ...
     gamma_ramp_steps: Optional[int] = None  # ... or in steps (takes precedence when set)
+    # the function-space penalty γ_f·mean_x,g Σ_l ‖φ_l(g·x) − ρ_l(g)φ_l(x)‖² (modes augfn, nomfn; docs/theory.md)
+    gamma_f: Optional[float] = None  # its strength; unset = DEFAULT_GAMMA_F in augfn / nomfn
+    gamma_f_layers: List[str] = field(default_factory=lambda: [LOGITS])  # its layers: conv1, conv2, ..., logits
     seed: int = 0
     seeds: int = 1  # > 1: train seeds seed .. seed+seeds-1 together as one vectorised ensemble
     epochs: int = 10

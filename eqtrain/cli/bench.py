@@ -40,6 +40,7 @@ from ..optim.optimizer import Optimizer, UpdateRule
 from ..run.machine import retain_freed_memory
 from ..run.tblog import RunLogger
 from ..schema import ModelConfig
+from ..training.function_penalty import FunctionPenalty
 from ..training.metrics import evaluate, step_tags
 from ..training.modes import MODES, Dynamics
 from ..training.step import train_step
@@ -141,8 +142,9 @@ def make_eqtrain(
     running = torch.ones(seeds, dtype=torch.bool)
     optimizer = Optimizer(rule, model.flat) if rule is not None else None
     loggers = [RunLogger(f"{logdir}/{k}") for k in range(seeds)]
-    log = StepLog(model.space, loggers, step_tags(model.layer_names), 1.0)
+    log = StepLog(model.space, loggers, step_tags(model.layer_names, dyn.penalize_function), 1.0)
     gamma = 0.1 if dyn.regularize else 0.0
+    penalty = FunctionPenalty.of(model, group, 0.1, ["logits"]) if dyn.penalize_function else None
     diverged = [False] * seeds
     n = len(y_all)
 
@@ -151,8 +153,8 @@ def make_eqtrain(
         x, y = x_all[idx], y_all[idx]
         if augmenter is not None:
             x, y = augmenter.per_seed(x, y, gens)
-        result = train_step(model, x, y, 1e-3, gamma, 1.0, running, optimizer)
-        log.add(i, result.loss, result.weights, gamma, diverged, perp=result.perp, lr=1e-3)
+        result = train_step(model, x, y, 1e-3, gamma, 1.0, running, optimizer, penalty)
+        log.add(i, result.loss, result.weights, gamma, diverged, perp=result.perp, lr=1e-3, function=result.function)
 
     return step, (log, loggers)
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from ..training.modes import MODES
 
 GAMMA_KEYS = ("gamma", "gamma_schedule", "gamma_start", "gamma_ramp_epochs", "gamma_ramp_steps")
+GAMMA_F_KEYS = ("gamma_f", "gamma_f_layers")  # read by the function-penalized modes only
 
 
 def _values(job: list[str]) -> dict[str, str]:
@@ -82,15 +83,18 @@ def without_repeats(
     jobs: list[list[str]], default_mode: str | None = None, exclude: Sequence[Mapping[str, object]] = ()
 ) -> list[list[str]]:
     """The jobs (lists of ``key=value``) that match no ``exclude`` entry, γ keys dropped where the job's
-    mode has no regularizer, deduplicated."""
+    mode has no regularizer (γ_f keys where it has no function-space penalty), deduplicated."""
     kept, seen = [], set()
     for job in jobs:
         values = _values(job)
         if any(matches(values, entry) for entry in exclude):
             continue
         mode = values.get("mode", default_mode)
-        if "phases" not in values and mode in MODES and not MODES[mode].regularize:
-            job = [o for o in job if o.split("=", 1)[0].lstrip("+~") not in GAMMA_KEYS]
+        if "phases" not in values and mode in MODES:
+            unread = (() if MODES[mode].regularize else GAMMA_KEYS) + (
+                () if MODES[mode].penalize_function else GAMMA_F_KEYS
+            )
+            job = [o for o in job if o.split("=", 1)[0].lstrip("+~") not in unread]
         if tuple(job) not in seen:
             seen.add(tuple(job))
             kept.append(job)

@@ -172,7 +172,11 @@ def resolved_note(args: list[str]) -> str:
         why = f" (mode={settings.mode} has no regularizer)"
     else:
         why = " (unset: the default of the regularized modes)" if cfg.gamma is None else ""
-    used = [f"gamma={settings.gamma:g}{why}", f"optimizer: {settings.update_rule.describe()}"]
+    used = [f"gamma={settings.gamma:g}{why}"]
+    if any(p.dyn.penalize_function for p in settings.phases):
+        unset = " (unset: the default of the function-penalized modes)" if cfg.gamma_f is None else ""
+        used.append(f"gamma_f={settings.gamma_f:g}{unset} on {', '.join(cfg.gamma_f_layers)}")
+    used.append(f"optimizer: {settings.update_rule.describe()}")
     if cfg.lr_schedule in ("step", "exp") and cfg.lr_decay is None:
         used.append(f"lr_decay={settings.lr_decay:g}")
     if any(p.dyn.constrain for p in settings.phases) or cfg.twin:

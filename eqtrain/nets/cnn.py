@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -502,6 +502,24 @@ class EqCNN(nn.Module):
         weights = self.weights() if weights is None else weights
         biases = list(self.biases) if self.arch.bias else None
         return logits_at(self.arch, weights, x, biases, self.norm_state(train, update_stats))
+
+    def logits_and_maps(
+        self,
+        x: torch.Tensor,
+        keep: Collection[int],
+        weights: Sequence[torch.Tensor] | None = None,
+        train: bool = False,
+        update_stats: bool | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``logits`` and, from the same forward pass, the maps φ_l of the conv blocks l in ``keep`` (0-based;
+        ``block_outputs``' (B, N·C_l, H_l, W_l))."""
+        weights = self.weights() if weights is None else weights
+        biases = list(self.biases) if self.arch.bias else None
+        kept = {}
+        for i, h in enumerate(block_outputs(self.arch, weights, x, biases, self.norm_state(train, update_stats))):
+            if i in keep:
+                kept[i] = h
+        return head_at(self.arch, weights, h, biases), kept
 
 
 def logits_at(

@@ -29,6 +29,7 @@ from ..run.machine import retain_freed_memory
 from ..run.progress import Progress
 from ..run.signals import StopSignals
 from .analyze import analyze_seeds
+from .function_penalty import FunctionPenalty
 from .record import Recorder, summary_of
 from .run_dir import open_run_dir
 from .settings import ConfigError, Settings
@@ -72,6 +73,9 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
     lr_at = settings.step_sizes(steps_per_epoch, total)
     log_start(settings, state, group, total, run_dir)
     augmenter = functools.cache(lambda kind: Augmenter(group, kind, *data.image_shape[1:], device))
+    penalty_of = functools.lru_cache(maxsize=1)(  # the current model's (a phase switch builds another)
+        lambda model: FunctionPenalty.of(model, group, settings.gamma_f, cfg.gamma_f_layers)
+    )
     progress = Progress(total, start=state.step)
     if ckpt is None:
         recorder.evaluate(state, data, group)
@@ -93,15 +97,17 @@ def _train(settings: Settings, run_dir: Path, stop: StopSignals, overrides: Sequ
         gamma_t = gamma_at(state.step) if phase.dyn.regularize else 0.0
         lr_t = lr_at(state.step)
         twin_dist = twin_distance(state) if state.twin is not None else None
-        result = train_step(state.model, x, y, lr_t, gamma_t, cfg.data_scale, state.running, state.optimizer)
+        penalty = penalty_of(state.model) if phase.dyn.penalize_function else None
+        result = train_step(state.model, x, y, lr_t, gamma_t, cfg.data_scale, state.running, state.optimizer, penalty)
         if state.twin is not None:
             running = torch.ones_like(state.running)
             train_step(state.twin, x, y, lr_t, 0.0, cfg.data_scale, running, state.twin_optimizer)
         if state.step % cfg.log_every == 0:
             extra = None if twin_dist is None else twin_dist[:, None]
             recorder.steps.add(
-                state.step, result.loss, result.weights, gamma_t, state.diverged, extra, result.perp, lr=lr_t
-            )
+                state.step, result.loss, result.weights, gamma_t, state.diverged, extra, result.perp, lr=lr_t,
+                function=result.function,
+            )  # fmt: skip
             progress.update(state.step, result.loss, lambda: state.model.distances().total)
         state.after_step(result.running)
         state.position += used
@@ -180,12 +186,15 @@ def interrupt(run_dir: Path, state: RunState, recorder: Recorder, stop: StopSign
 
 def log_start(settings: Settings, state: RunState, group: Group, total: int, run_dir: Path) -> None:
     seeds = f"{len(state.seed_ids)} seeds, " if len(state.seed_ids) > 1 else ""
+    cfg = settings.config
+    strength = f"gamma={settings.gamma:g}"
+    if any(p.dyn.penalize_function for p in settings.phases):  # (γ too: a phased run may have both)
+        strength += f" gamma_f={settings.gamma_f:g} on {', '.join(cfg.gamma_f_layers)}"
     log.info(
-        "mode=%s gamma=%g group=%s: %s%d parameters, dim E=%d, %d steps on %s -> %s",
-        settings.mode, settings.gamma, group.name, seeds, state.model.n_params(), state.model.dim_e(), total,
+        "mode=%s %s group=%s: %s%d parameters, dim E=%d, %d steps on %s -> %s",
+        settings.mode, strength, group.name, seeds, state.model.n_params(), state.model.dim_e(), total,
         settings.device, run_dir,
     )  # fmt: skip
-    cfg = settings.config
     schedule = "" if cfg.lr_schedule == "constant" else f", lr_schedule={cfg.lr_schedule}"
     warmup = f", warm-up {cfg.lr_warmup_epochs:g} epochs" if cfg.lr_warmup_epochs else ""
     log.info("optimizer: %s, lr %g%s%s", state.rule.describe(), cfg.lr, schedule, warmup)

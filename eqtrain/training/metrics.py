@@ -26,23 +26,39 @@ HPARAM_METRICS = (
 )
 
 
-def step_tags(layer_names: Sequence[str]) -> tuple[str, ...]:
-    """The per-step scalars, in ``step_rows`` order."""
-    return ("loss/data", "loss/reg", "loss/total", "gamma/t", "lr/t", *distance_tags(layer_names))
+FUNCTION_TAG = "loss/function"  # γ_f·Γ_f, logged by runs with a function-penalized phase (after the distances)
+
+
+def step_tags(layer_names: Sequence[str], function: bool = False) -> tuple[str, ...]:
+    """The per-step scalars, in ``step_rows`` order; ``function``: with γ_f·Γ_f's column."""
+    tags = ("loss/data", "loss/reg", "loss/total", "gamma/t", "lr/t", *distance_tags(layer_names))
+    return (*tags, FUNCTION_TAG) if function else tags
 
 
 def step_rows(
-    loss: torch.Tensor, dist: torch.Tensor, gamma: torch.Tensor, lr: torch.Tensor, data_scale: float
+    loss: torch.Tensor,
+    dist: torch.Tensor,
+    gamma: torch.Tensor,
+    lr: torch.Tensor,
+    data_scale: float,
+    function: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per seed (and step): R, γΓ = γ/2·d², data_scale·R + γΓ, γ_t, η_t, then the distances (``Distances.values``).
+    """Per seed (and step): R, γΓ = γ/2·d², data_scale·R + γΓ (+ γ_fΓ_f), γ_t, η_t, then the distances
+    (``Distances.values``), then γ_fΓ_f where ``function`` is given.
 
-    loss (...), dist (..., layers + 2), gamma (...) and lr (...) share their leading axes; the rows are (..., tags).
+    loss (...), dist (..., layers + 2), gamma (...), lr (...) and function (...) share their leading axes;
+    the rows are (..., tags).
     """
     data = loss.to(dist.dtype)
     gamma = gamma.to(dist.dtype).expand_as(data)
     reg = dist[..., -2].square() * (0.5 * gamma)
     total = data * data_scale + reg if data_scale != 1 else data + reg
-    return torch.cat([torch.stack([data, reg, total, gamma, lr.to(dist.dtype).expand_as(data)], dim=-1), dist], dim=-1)
+    columns = [data, reg, total, gamma, lr.to(dist.dtype).expand_as(data)]
+    if function is None:
+        return torch.cat([torch.stack(columns, dim=-1), dist], dim=-1)
+    function = function.to(dist.dtype)
+    columns[2] = total + function
+    return torch.cat([torch.stack(columns, dim=-1), dist, function[..., None]], dim=-1)
 
 
 # The widest activation of one evaluation chunk, all seeds together. Under glibc's largest mmap

@@ -38,7 +38,8 @@ class Recorder:
             if not resumed:
                 logger.hparams(settings.hparams(seed), list(HPARAM_METRICS), compared)
             self.loggers.append(logger)
-        tags = step_tags(state.model.layer_names) + (("twin/dist",) if state.twin is not None else ())
+        function = any(p.dyn.penalize_function for p in settings.phases)
+        tags = step_tags(state.model.layer_names, function) + (("twin/dist",) if state.twin is not None else ())
         self.steps = StepLog(state.model.space, self.loggers, tags, settings.config.data_scale)
         self.metrics: list[dict[str, float]] = [{} for _ in self.seed_ids]
         self.evaluated_at = -1

@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..schema import AUGMENT_KINDS, COORDINATES, DEFAULT_GAMMA, LR_RULE, OPTIMIZERS, Config, valid_lr
+from ..schema import (
+    AUGMENT_KINDS,
+    COORDINATES,
+    DEFAULT_GAMMA,
+    DEFAULT_GAMMA_F,
+    LOGITS,
+    LR_RULE,
+    OPTIMIZERS,
+    Config,
+    valid_lr,
+)
 from .modes import MODES, Dynamics
 from .schedule import LR_SCHEDULES, SCHEDULES, GammaSchedule, StepSizeSchedule
 
@@ -64,6 +74,7 @@ class Settings:
     device: torch.device
     dtype: torch.dtype
     phases: tuple[Phase, ...]
+    gamma_f: float = 0.0  # the γ_f of the function-penalized phases (0 where there are none)
 
     @property
     def epochs(self) -> int:
@@ -164,6 +175,8 @@ _ADDED_LATER = {
     (None, "lr_step_epochs"): 30,
     (None, "lr_min"): 0.0,
     (None, "lr_warmup_epochs"): 0.0,
+    (None, "gamma_f"): None,
+    (None, "gamma_f_layers"): [LOGITS],
 }
 
 # Keys that do not change the numbers a run produces, so a resume may change them.
@@ -202,7 +215,12 @@ def validate(cfg: Config) -> Settings:
     else:
         device = torch.device(cfg.device)
     return Settings(
-        config=cfg, gamma=_gamma(cfg, phases), device=device, dtype=getattr(torch, cfg.dtype), phases=phases
+        config=cfg,
+        gamma=_gamma(cfg, phases),
+        device=device,
+        dtype=getattr(torch, cfg.dtype),
+        phases=phases,
+        gamma_f=_gamma_f(cfg, phases),
     )
 
 
@@ -280,6 +298,24 @@ def _check_values(cfg: Config, need) -> None:
     need(cfg.analyze_iterations >= 1, "analyze_iterations", "use an int >= 1")
     need(cfg.init.sigma >= 0 and math.isfinite(cfg.init.sigma), "init.sigma", "use a finite number >= 0")
     _check_recipe(cfg, need)
+    _check_function_penalty(cfg, need)
+
+
+def _check_function_penalty(cfg: Config, need) -> None:
+    """``gamma_f`` and ``gamma_f_layers``: a finite strength >= 0, and layers the model has."""
+    need(
+        cfg.gamma_f is None or (math.isfinite(cfg.gamma_f) and cfg.gamma_f >= 0), "gamma_f", "use a finite number >= 0"
+    )
+    largest = DTYPES[cfg.dtype]
+    need(
+        cfg.gamma_f is None or cfg.gamma_f <= largest, "gamma_f", f"larger than the largest {cfg.dtype} ({largest:.3g})"
+    )
+    valid = (*(f"conv{i}" for i in range(1, len(cfg.model.channels) + 1)), LOGITS)
+    layers = list(cfg.gamma_f_layers)
+    need(len(layers) > 0, "gamma_f_layers", f"name at least one of {', '.join(valid)}")
+    for i, name in enumerate(layers):
+        need(name in valid, f"gamma_f_layers.{i}", f"use names of {', '.join(valid)} (this model's layers)")
+    need(len(set(layers)) == len(layers), "gamma_f_layers", "name each layer once")
 
 
 def _decoupled(opt) -> bool:
@@ -340,6 +376,21 @@ def _gamma(cfg: Config, phases: tuple[Phase, ...]) -> float:
     return 0.0
 
 
+def _gamma_f(cfg: Config, phases: tuple[Phase, ...]) -> float:
+    """The γ_f of the function-penalized phases: as given, DEFAULT_GAMMA_F if unset; 0 (with a warning if set)
+    otherwise."""
+    if any(p.dyn.penalize_function for p in phases):
+        return DEFAULT_GAMMA_F if cfg.gamma_f is None else float(cfg.gamma_f)
+    if cfg.gamma_f:
+        which = (
+            f"no phase penalizes the function ({_describe(phases)})"
+            if cfg.phases
+            else f"mode={cfg.mode.name} has no function-space penalty"
+        )
+        log.warning("gamma_f=%s is ignored: %s (use augfn or nomfn)", cfg.gamma_f, which)
+    return 0.0
+
+
 def _phases(cfg, need) -> tuple[Phase, ...]:
     if not cfg.phases:
         need(cfg.mode.name in MODES, "mode.name", f"use one of {', '.join(MODES)}")
@@ -381,6 +432,8 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
     return {
         "mode": settings.mode,
         "gamma": settings.gamma,
+        "gamma_f": settings.gamma_f,
+        "gamma_f_layers": ",".join(cfg.gamma_f_layers) if settings.gamma_f else "",
         "group": cfg.group.name,
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,

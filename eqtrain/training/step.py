@@ -1,5 +1,6 @@
-"""One training step of every seed on data_scale·R(A) + γ_tΓ(A) (SPEC §4), as one batched computation,
-by the run's update rule (``optimizer``, SPEC §12; plain SGD without one).
+"""One training step of every seed on data_scale·R(A) + γ_tΓ(A) (SPEC §4), plus γ_fΓ_f(A) in the
+function-penalized modes (``function_penalty``), as one batched computation, by the run's update rule
+(``optimizer``, SPEC §12; plain SGD without one).
 
 The N seeds' networks are one network with seed-grouped convolutions (``nets.cnn``), so one
 forward and one backward give every seed its own gradient: the loss is the sum of the seeds'
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from ..nets.cnn import EqCNN
 from ..optim.optimizer import Optimizer
+from .function_penalty import FunctionPenalty
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class StepResult:
     weights: torch.Tensor  # (N, P): A_t, every layer's entries flat (``NetworkSpace.flatten``), a copy
     running: torch.Tensor  # (N,) bool: the seeds that took the step
     perp: torch.Tensor | None = None  # (N, P) float64: Π_{E⊥}A_t where the step computed it (γ_t > 0), else None
+    function: torch.Tensor | None = None  # (N,): γ_f·Γ_f at A_t where the step added it, else None
 
 
 def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,15 +52,24 @@ def train_step(
     data_scale: float,
     running: torch.Tensor,
     optimizer: Optimizer | None = None,
+    penalty: FunctionPenalty | None = None,
 ) -> StepResult:
-    """One step of size ``lr`` along ∇θ(data_scale·R + γ_tΓ) for every seed in ``running`` whose loss and
-    update are finite: θ ← θ − lr·∇θ without ``optimizer`` (plain SGD, no state), else its update rule."""
+    """One step of size ``lr`` along ∇θ(data_scale·R + γ_tΓ [+ γ_fΓ_f with ``penalty``]) for every seed in
+    ``running`` whose loss and update are finite: θ ← θ − lr·∇θ without ``optimizer`` (plain SGD, no state),
+    else its update rule."""
     weights = model.weights()
     stats = model.norm_stats.clone() if model.norm_stats.numel() else None  # running statistics: updated below
-    loss = seed_losses(model.logits(x, weights, train=True), y)
+    function = None
+    if penalty is None:
+        loss = seed_losses(model.logits(x, weights, train=True), y)
+    else:  # φ_l(x) from the data loss's own forward pass; g·x's without moving the running statistics
+        logits, maps = model.logits_and_maps(x, penalty.blocks, weights, train=True)
+        loss = seed_losses(logits, y)
+        function = penalty.value(model, x, weights, maps, logits) * penalty.strength
     for p in model.parameter_list():
         p.grad = None
-    (loss.sum() * data_scale if data_scale != 1 else loss.sum()).backward()
+    objective = loss.sum() * data_scale if data_scale != 1 else loss.sum()
+    (objective if function is None else objective + function.sum()).backward()
     with torch.no_grad():
         a = model.space.flatten(weights)  # A_t, a copy: θ is updated in place below
         grad = model.flat_grad()
@@ -72,6 +84,8 @@ def train_step(
         new = model.flat.add(grad, alpha=-lr) if optimizer is None else optimizer.propose(model.flat, grad, lr)
         # A sum is finite only if every term is: one number per seed checks its loss and its update.
         check = new.sum(1) + loss
+        if function is not None:
+            check += function
         moments = None if optimizer is None else optimizer.proposed_sums()
         if moments is not None:
             check += moments
@@ -81,7 +95,7 @@ def train_step(
             optimizer.commit(running)
         if stats is not None:  # a frozen seed's running statistics stay where it diverged
             torch.where(running[:, None], model.norm_stats, stats, out=model.norm_stats)
-    return StepResult(loss.detach(), a, running, perp)
+    return StepResult(loss.detach(), a, running, perp, None if function is None else function.detach())
 
 
 def _decay_direction(model: EqCNN, a: torch.Tensor) -> torch.Tensor:

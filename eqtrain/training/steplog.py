@@ -23,7 +23,7 @@ import torch
 
 from ..geometry.network_space import NetworkSpace
 from ..run.tblog import RunLogger
-from .metrics import step_rows
+from .metrics import FUNCTION_TAG, step_rows
 
 HOLD_ENTRIES = 2**17  # weight entries held before a batch is measured: 1 MiB in float64 (see docs/design.md)
 
@@ -39,6 +39,7 @@ class HeldStep:
     diverged: tuple[bool, ...]  # per seed: not logged (it diverged earlier)
     extra: torch.Tensor | None  # (N, k): more scalars after the SPEC §7 ones (the twin distance)
     distances: torch.Tensor | None  # (N, layers + 2): d(A_t) if measured at ``add``, else None (at ``flush``)
+    function: torch.Tensor | None  # (N,): γ_f·Γ_f at A_t, where the step added it
 
 
 class StepLog:
@@ -48,6 +49,7 @@ class StepLog:
         self, space: NetworkSpace, loggers: Sequence[RunLogger], tags: tuple[str, ...], data_scale: float
     ) -> None:
         self.space, self.loggers, self.tags, self.data_scale = space, list(loggers), tags, data_scale
+        self.function = FUNCTION_TAG in tags  # a column of γ_f·Γ_f (0 at the steps of a phase without it)
         self._held: list[HeldStep] = []
 
     def add(
@@ -61,11 +63,15 @@ class StepLog:
         perp: torch.Tensor | None = None,
         *,
         lr: float,
+        function: torch.Tensor | None = None,
     ) -> None:
-        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t, η_t (``lr``) and the extra
-        scalars; with ``perp`` (Π_{E⊥}A_t, ``StepResult.perp``) its distances are measured now, from it."""
+        """Hold step ``step``: each seed's loss at A_t, A_t itself (N, P), γ_t, η_t (``lr``), γ_f·Γ_f
+        (``function``, ``StepResult.function``) and the extra scalars; with ``perp`` (Π_{E⊥}A_t,
+        ``StepResult.perp``) its distances are measured now, from it."""
         distances = None if perp is None else self.space.distances_flat(weights, perp).values
-        held = HeldStep(step, time.time(), loss, weights, gamma, lr, tuple(diverged), extra, distances)
+        if self.function and function is None:
+            function = torch.zeros_like(loss)
+        held = HeldStep(step, time.time(), loss, weights, gamma, lr, tuple(diverged), extra, distances, function)
         self._held.append(held)
         if len(self._held) * weights.numel() >= HOLD_ENTRIES:
             self.flush()
@@ -82,7 +88,8 @@ class StepLog:
             dist = torch.stack([next(measured) if h.distances is None else h.distances for h in held])  # (k, N, ·)
             loss = torch.stack([h.loss for h in held])
             rates = torch.tensor([[h.gamma, h.lr] for h in held], dtype=torch.float64, device=loss.device)
-            rows = step_rows(loss, dist, rates[:, :1], rates[:, 1:], self.data_scale)  # (k, N, tags)
+            function = torch.stack([h.function for h in held]) if self.function else None
+            rows = step_rows(loss, dist, rates[:, :1], rates[:, 1:], self.data_scale, function)  # (k, N, tags)
             if held[0].extra is not None:
                 rows = torch.cat([rows, torch.stack([h.extra for h in held]).to(rows.dtype)], dim=-1)
         steps, times = [h.step for h in held], [h.time for h in held]

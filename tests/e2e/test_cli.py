@@ -98,7 +98,7 @@ def test_help_and_cfg_job(tmp_path):
     assert help_.returncode == 0
     for group in ("dataset:", "model:", "mode:", "group:", "experiment:"):
         assert group in help_.stdout
-    assert "mode: augmented, augreg, equivariant, nominal, nomreg" in help_.stdout
+    assert "mode: augfn, augmented, augreg, equivariant, nomfn, nominal, nomreg" in help_.stdout
     cfg = eqtrain(tmp_path, "--cfg", "job", "mode=nomreg", "gamma=1")
     assert cfg.returncode == 0 and "name: nomreg" in cfg.stdout and "gamma: 1" in cfg.stdout
 

@@ -21,7 +21,11 @@ BAD_INPUT = [
     # (overrides, exit code, expected message)
     (["gamm=0.1"], 2, "unknown key 'gamm' (did you mean gamma?)"),
     (["model.kernal_size=3"], 2, "unknown key 'model.kernal_size' (did you mean model.kernel_size?)"),
-    (["mode=augrg"], 2, "mode=augrg is not an option of mode; valid: augmented, augreg, equivariant, nominal, nomreg"),
+    (
+        ["mode=augrg"],
+        2,
+        "mode=augrg is not an option of mode; valid: augfn, augmented, augreg, equivariant, nomfn, nominal, nomreg",
+    ),
     (["model.kernel_size=three"], 2, "model.kernel_size=three is not valid: use an int"),  # before Hydra's 6 lines
     (["lr=abc"], 2, "lr=abc is not valid: use a number"),
     (["mode=augreg,nomreg", "seeds=1,2.5"], 2, "seeds=2.5 is not valid: use an int"),  # each value of a sweep

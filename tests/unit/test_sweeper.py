@@ -88,3 +88,21 @@ def test_eqtrain_m_sweeps_with_the_grid_unless_told_otherwise():
     assert with_grid_sweeper(["mode=augreg"]) == ["mode=augreg"]  # a single run
     for own in ("hydra/sweeper=basic", "hparams_search=gamma_optuna", "hydra.searchpath=[file://x]"):
         assert with_grid_sweeper(["--multirun", own]) == ["--multirun", own]
+
+
+def test_gamma_f_splits_only_the_function_penalized_jobs():
+    """γ means nothing to augfn, γ_f nothing to augreg: a grid over both trains each strength once per mode."""
+    jobs = [
+        [f"mode={m}", f"gamma={g}", f"gamma_f={f}"]
+        for m in ("augreg", "augfn", "augmented")
+        for g in (1, 10)
+        for f in (0.1, 1)
+    ]
+    kept = without_repeats(jobs)
+    assert kept == [
+        ["mode=augreg", "gamma=1"],
+        ["mode=augreg", "gamma=10"],
+        ["mode=augfn", "gamma_f=0.1"],
+        ["mode=augfn", "gamma_f=1"],
+        ["mode=augmented"],
+    ]
