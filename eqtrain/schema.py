@@ -45,6 +45,9 @@ class DatasetConfig:
     normalize: bool = False  # standardise with the training set's scalar mean and std
     rotate: str = "none"  # none | continuous: each image turned once by its own uniform angle (data, SPEC §11)
     rotate_seed: int = 0  # seed of those angles; independent of the run's seed, fixed streams for train and test
+    # N: hold out the last N training images (after train_limit) and evaluate on them in place of the test set
+    # (a recipe or γ chosen on them never saw a test image); the acc/test* metrics are then validation figures
+    validation: Optional[int] = None
 
 
 @dataclass

@@ -29,6 +29,9 @@ from ..run.files import EVENTS_GLOB, METRICS_FILE, run_dirs_below, write_atomic
 
 GROUP_KEYS = ("mode", "gamma")  # with the γ schedule: one curve family / line / table row per group
 SCHEDULE_KEYS = ("gamma_schedule", "gamma_start", "gamma_ramp")  # a ramp is its own group
+# the function-space penalty's (augfn, nomfn): γ_f is such a run's γ, and a choice of layers other than the
+# logits its own group, as a ramp is
+FUNCTION_KEYS = ("gamma_f", "gamma_f_layers")
 REPEAT_KEYS = ("seed",)  # the repetitions a median is taken over
 MODEL_KEY = "model"  # a sweep may compare models: their own keys then follow the model's name
 MODEL_HPARAMS = (  # the hparams a model preset sets (settings.hparams_of): may differ between models
@@ -67,11 +70,20 @@ class Run:
 
     @property
     def gamma(self) -> float:
-        return float(self.hparams["gamma"])
+        """The strength of the run's regularizer: γ, or γ_f in a function-penalized run (augfn, nomfn)."""
+        return float(self.hparams["gamma"]) or self.gamma_f
+
+    @property
+    def gamma_f(self) -> float:
+        return float(self.hparams.get("gamma_f") or 0.0)
 
     @property
     def schedule(self) -> str:
-        """``constant``, or the ramp, e.g. ``exp ramp from 0.01 over 5 epochs``; a run without γ has none."""
+        """``constant``, or the ramp, e.g. ``exp ramp from 0.01 over 5 epochs``; a run without γ has none. A
+        function-penalized run's: ``constant`` on the logits, else its layers (``on conv6,logits``)."""
+        if self.gamma_f and not float(self.hparams["gamma"]):
+            layers = str(self.hparams.get("gamma_f_layers", "logits"))
+            return CONSTANT if layers == "logits" else f"on {layers}"
         kind = str(self.hparams.get("gamma_schedule", CONSTANT))
         if kind == CONSTANT or self.gamma == 0:
             return CONSTANT
@@ -104,7 +116,7 @@ class Run:
     def identity(self) -> str:
         """The hparams that make two runs the same run (a run without γ has no schedule)."""
         hp = dict(self.hparams)
-        if self.gamma == 0:
+        if float(self.hparams["gamma"]) == 0:
             for k in SCHEDULE_KEYS:
                 hp.pop(k, None)
         return json.dumps(hp, sort_keys=True, default=str)
@@ -196,7 +208,7 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
     A sweep over models (``model=p4cnn,z2cnn``) may differ in the model's own keys too (its channels,
     fibers, ...), as long as the runs of one model agree on them: its groups are named after the model.
     """
-    ignored = set(GROUP_KEYS) | set(SCHEDULE_KEYS) | set(REPEAT_KEYS)
+    ignored = set(GROUP_KEYS) | set(SCHEDULE_KEYS) | set(REPEAT_KEYS) | set(FUNCTION_KEYS)
     keys = sorted(set().union(*(r.hparams for r in runs)) - ignored)
     by_model = compares_models(runs)
     differing = []

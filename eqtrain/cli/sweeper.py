@@ -59,8 +59,11 @@ def constant_keys(jobs: list[list[str]]) -> list[str]:
 def named_by_what_differs(jobs: list[list[str]], excluded: Sequence[str]) -> list[list[str]]:
     """Each job with one more override: its directory name (``hydra.job.override_dirname``) and TensorBoard's
     compared hparams leave out what every job shares, so ``0_gamma=0.1,mode=augreg`` tells jobs apart where
-    ``0_dataset.test_limit=100,dataset.train_l…`` did not."""
-    leave_out = sorted({*excluded, *constant_keys(jobs)})
+    ``0_dataset.test_limit=100,dataset.train_l…`` did not. A key the config leaves out of every run's name (a
+    preset: ``recipe``, ``experiment``) names the jobs where it is what differs (``recipe=adam_b32,...``)."""
+    keys = {key for job in jobs for key in _values(job)}
+    varying = keys - set(constant_keys(jobs)) if len(jobs) > 1 else set()
+    leave_out = sorted({*(k for k in excluded if k not in varying), *constant_keys(jobs)})
     setting = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(leave_out)}]"
     return [[*job, setting] for job in jobs]
 

@@ -85,7 +85,8 @@ def _panel(ax, groups: dict[Key, list[Run]], metric: str, lines, references, col
         ax.axhspan(q25, q75, color=colour[line], alpha=0.12, lw=0)
         ax.axhline(med, color=colour[line], ls="--", lw=1.5, label=f"{label(line)} (no γ)")
     ax.set_xscale("log")
-    ax.set_xlabel("γ")
+    functional = any(r.gamma_f for runs in groups.values() for r in runs)
+    ax.set_xlabel("γ (γ_f for augfn, nomfn)" if functional else "γ")
     ax.set_ylabel(f"final {metric}")
     ax.grid(True, which="major", alpha=0.3)
 

@@ -85,6 +85,21 @@ def load_dataset(cfg: DatasetConfig) -> Data:
         data = replace(
             data, x_train=rotate_images(data.x_train, train_angles), x_test=rotate_images(data.x_test, test_angles)
         )
+    if cfg.validation is not None:  # the last N training images (their angles kept) replace the test set
+        n = len(data.x_train)
+        if cfg.validation >= n:
+            raise ValueError(
+                f"dataset.validation={cfg.validation!r} is not valid: the training set has {n} images; "
+                f"hold out at most {n - 1}"
+            )
+        cut = n - cfg.validation
+        data = replace(
+            data,
+            x_train=data.x_train[:cut],
+            y_train=data.y_train[:cut],
+            x_test=data.x_train[cut:],
+            y_test=data.y_train[cut:],
+        )
     if cfg.normalize:
         mean, std = data.x_train.mean(), data.x_train.std()
         data = replace(data, x_train=(data.x_train - mean) / std, x_test=(data.x_test - mean) / std)
@@ -95,7 +110,7 @@ def _validate(cfg: DatasetConfig) -> None:
     if cfg.name not in DATASET_NAMES:
         raise ValueError(f"dataset.name={cfg.name!r} is not valid; use one of {', '.join(DATASET_NAMES)}")
     image_size_of(cfg.image_size)
-    for key in ("train_limit", "test_limit"):
+    for key in ("train_limit", "test_limit", "validation"):
         limit = getattr(cfg, key)
         if limit is not None and limit < 1:
             raise ValueError(f"dataset.{key}={limit!r} must be a positive int or null (no limit)")

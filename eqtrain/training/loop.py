@@ -131,6 +131,12 @@ def load_data(settings: Settings) -> Data:
     n, batch = len(data.y_train), settings.config.batch_size
     if batch > n:
         raise ConfigError(f"batch_size={batch} is not valid: larger than the training set ({n} images)")
+    if settings.config.dataset.validation is not None:
+        log.info(
+            "evaluating on a validation split: the last %d training images, held out (acc/test* are validation "
+            "figures; the test images are not used)",
+            len(data.y_test),
+        )
     return data
 
 

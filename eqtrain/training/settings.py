@@ -155,6 +155,7 @@ class Settings:
 _ADDED_LATER = {
     ("dataset", "rotate"): "none",
     ("dataset", "rotate_seed"): 0,
+    ("dataset", "validation"): None,
     ("model", "padding"): "same",
     ("model", "pool_kind"): "avg",
     ("model", "norm"): None,
@@ -467,6 +468,7 @@ def hparams_of(cfg: Config, settings: Settings) -> dict[str, object]:
         "max_steps": -1 if cfg.max_steps is None else cfg.max_steps,
         "train_limit": -1 if cfg.dataset.train_limit is None else cfg.dataset.train_limit,
         "test_limit": -1 if cfg.dataset.test_limit is None else cfg.dataset.test_limit,
+        "validation": -1 if cfg.dataset.validation is None else cfg.dataset.validation,
         "image_size": str(cfg.dataset.image_size),
         "shuffle": cfg.dataset.shuffle,
         "channels": str(list(cfg.model.channels)),

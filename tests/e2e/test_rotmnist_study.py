@@ -21,9 +21,9 @@ P4CNN_JOBS = {"equivariant", "augmented", "nominal"} | {
 }
 
 
-def study(*overrides: str):
+def study(*overrides: str, experiment: str = "rotmnist_study"):
     with initialize_config_module(config_module="eqtrain.configs", version_base="1.3"):
-        return compose("config", ["experiment=rotmnist_study", *overrides], return_hydra_config=True)
+        return compose("config", [f"experiment={experiment}", *overrides], return_hydra_config=True)
 
 
 def jobs_of(cfg) -> list[list[str]]:

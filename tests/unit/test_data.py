@@ -62,3 +62,16 @@ def test_limits_and_native_size():
 def test_normalize_standardises_with_a_scalar():
     data = load_dataset(make_config("dataset.normalize=true").dataset)
     assert abs(data.x_train.mean().item()) < 1e-4 and abs(data.x_train.std().item() - 1) < 1e-4
+
+
+def test_a_validation_split_holds_out_the_last_training_images_in_place_of_the_test_set(tmp_path):
+    make_mnist(tmp_path, "MNIST")
+    args = ("dataset=rotated_mnist", f"dataset.data_dir={tmp_path}", "dataset.train_limit=25")
+    full = load_dataset(make_config(*args).dataset)
+    held = load_dataset(make_config(*args, "dataset.validation=5").dataset)
+    assert torch.equal(held.x_train, full.x_train[:20]) and torch.equal(held.y_train, full.y_train[:20])
+    assert torch.equal(held.x_test, full.x_train[20:]) and torch.equal(held.y_test, full.y_train[20:])  # angles kept
+    with pytest.raises(ValueError, match=r"dataset.validation=25 is not valid: the training set has 25 images"):
+        load_dataset(make_config(*args, "dataset.validation=25").dataset)
+    with pytest.raises(ValueError, match=r"dataset.validation=0 must be a positive int or null"):
+        load_dataset(make_config(*args, "dataset.validation=0").dataset)

@@ -78,6 +78,11 @@ def test_jobs_are_named_by_what_differs_between_them():
         "hydra.job.config.override_dirname.exclude_keys=[dataset.train_limit,device,epochs,threads]"
     }
     assert constant_keys(jobs[:1]) == []  # one job: nothing to tell apart, its name is its overrides
+    # a preset the config leaves out of names (recipe) names the jobs where it is what differs
+    recipes = [[f"recipe={r}", "model=p4cnn", "epochs=2"] for r in ("adam_b32", "cohen_welling")]
+    assert {job[-1] for job in named_by_what_differs(recipes, ["experiment", "recipe"])} == {
+        "hydra.job.config.override_dirname.exclude_keys=[epochs,experiment,model]"
+    }
 
 
 def test_eqtrain_m_sweeps_with_the_grid_unless_told_otherwise():
