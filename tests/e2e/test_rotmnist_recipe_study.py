@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+from omegaconf import open_dict
 
 from ..helpers import EQTRAIN, make_mnist
 from .test_rotmnist_study import jobs_of
@@ -65,6 +66,30 @@ def test_the_recipe_search_holds_out_a_validation_split_and_compares_three_recip
     assert {dict(o.split("=", 1) for o in job)["recipe"] for job in jobs} == {
         "cohen_welling", "adam_b32", "momentum_cosine"
     }  # fmt: skip
+
+
+def test_the_slurm_recipe_composes_with_mnist_rot():
+    """README's command for a cluster: the same 9 jobs, each a SLURM job, on MNIST-rot's files."""
+    cfg = study(
+        "dataset=mnist_rot", "dataset.data_dir=/data/mnist_rot", "seeds=10", "epochs=30", "hydra/launcher=slurm",
+        "hydra.launcher.gpus_per_node=1", "device=cuda", "hydra.sweep.dir=/scratch/rotmnist_recipe_study",
+    )  # fmt: skip
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.device == "cuda"
+    assert (cfg.dataset.name, cfg.seeds, cfg.epochs, cfg.optimizer.name) == ("mnist_rot", 10, 30, "adam")
+    assert len(jobs_of(cfg)) == 9
+
+
+def test_the_second_recipes_contrasts_are_one_command():
+    """docs/studies.md's command for the key contrasts under recipe=momentum_cosine: five jobs."""
+    cfg = study("recipe=momentum_cosine")
+    swept = {"mode": "equivariant,augmented,augreg,augfn", "gamma": "10", "gamma_f": "1"}  # the command line's
+    with open_dict(cfg):
+        cfg.hydra.sweeper.params.update(swept)  # as Hydra merges a sweep's command line over the preset's params
+    jobs = sorted(described(job) for job in jobs_of(cfg))
+    assert jobs == sorted(
+        [("p4cnn", "equivariant"), ("p4cnn", "augmented"), ("p4cnn", "augreg gamma=10"), ("p4cnn", "augfn gamma_f=1")]
+        + [("z2cnn", "augmented")]
+    )
 
 
 @pytest.mark.slow
