@@ -6,7 +6,8 @@ A run holds, beside the interpreter and its data set (loaded before the check):
   (``WEIGHT_COPIES``, ``PERP_BYTES``); a batch norm's running statistics (two numbers per field) are
   too few to count;
 - the step log's held copies of A_t, at most ``HOLD_ENTRIES`` + N·P entries;
-- the training step's activations: N seeds × batch × (|G| under orbit augmentation) images, each
+- the training step's activations: N seeds × batch × (|G| under orbit augmentation, and |G| again with the
+  function-space penalty: the batch and its |G| − 1 turns, ``start.step_views``) images, each
   with what autograd keeps of every conv block and the backward pass's gradients
   (``ACTIVATION_COPIES`` of its conv output and of its pooled map);
 - the evaluation's chunk (``metrics.EVAL_BYTES`` for its widest activation, a few of them alive).

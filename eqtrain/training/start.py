@@ -140,6 +140,13 @@ def check_models(settings: Settings, group: Group, data: Data) -> None:
             raise ConfigError(f"{reason}: {err}" if i else str(err)) from err
 
 
+def step_views(phase: Phase, order: int) -> int:
+    """Forward passes' worth of images per sample a training step keeps for its backward pass: |G| under orbit
+    augmentation, times |G| with the function-space penalty (the batch and its |G| − 1 turns), else 1."""
+    views = order if phase.dyn.augment and phase.augment == "orbit" else 1
+    return views * order if phase.dyn.penalize_function else views
+
+
 def starting_point(
     settings: Settings, group: Group, data: Data, ckpt: dict | None, run_dir: Path | None = None
 ) -> RunState:
@@ -149,8 +156,7 @@ def starting_point(
     cfg = settings.config
     if settings.device.type == "cpu":  # before the seeds' weights are made: a run that cannot fit never starts
         largest = build_model(cfg.model, group, data.image_shape, data.n_classes, False, settings.dtype)
-        orbit = any(p.dyn.augment and p.augment == "orbit" for p in settings.phases)
-        check_fits(settings, largest, group.order if orbit else 1)
+        check_fits(settings, largest, max(step_views(p, group.order) for p in settings.phases))
     phase = settings.phases[ckpt["phase"] if ckpt is not None else 0]
     model = new_model(settings, phase.dyn.constrain, group, data)
     a0 = initial_weights_of_seeds(model, cfg.init.scheme, cfg.init.sigma, list(settings.seed_ids))

@@ -118,3 +118,20 @@ def test_layer_choices_name_the_hidden_layers_and_the_logits():
     assert layer_choices(3) == (*model.layer_names[:-1], "logits")
     penalty = FunctionPenalty.of(model, C4, 1.0, ["conv3", "logits"])
     assert penalty.blocks == (2,) and penalty.logits
+
+
+def test_the_memory_model_counts_the_penalty_passes():
+    """The step keeps the batch's and its |G| − 1 turns' activations for the backward pass (training.footprint)."""
+    from eqtrain.training.modes import MODES
+    from eqtrain.training.settings import Phase
+    from eqtrain.training.start import step_views
+
+    views = {
+        (m, a): step_views(Phase(m, MODES[m], 1, a), 4)
+        for m in ("augfn", "augmented", "nomfn")
+        for a in ("random", "orbit")
+    }
+    assert views == {
+        ("augfn", "random"): 4, ("augfn", "orbit"): 16, ("augmented", "random"): 1, ("augmented", "orbit"): 4,
+        ("nomfn", "random"): 4, ("nomfn", "orbit"): 4,
+    }  # fmt: skip
