@@ -45,6 +45,7 @@ from ..training.metrics import evaluate, step_tags
 from ..training.modes import MODES, Dynamics
 from ..training.step import train_step
 from ..training.steplog import StepLog
+from .bench_parts import print_parts, step_parts
 
 
 def variants() -> list[tuple[str, str | None, Dynamics]]:
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-optimizers", action="store_true", help="skip the optimizers against torch.optim's (SPEC §12)"
     )
+    parser.add_argument(
+        "--parts", action="store_true", help="also where an augreg step's time goes, at each --batch and for --seeds"
+    )
     args = parser.parse_args(argv)
     retain_freed_memory()  # as a run does
     model_cfg = model_config(args.model)
@@ -373,6 +377,12 @@ def main(argv: list[str] | None = None) -> None:
             report["results"][str(batch)]["optimizer_ratio_to_floor"] = {
                 k: round(r, 3) for k, r in by_optimizer.items()
             }
+    if args.parts:
+        report["parts_ms"] = {}
+        for batch, seeds in [*((b, 1) for b in args.batch), *([(10, args.seeds)] if args.seeds else [])]:
+            parts = step_parts(model_cfg, batch, seeds, max(args.steps // 5, 3), args.rounds)
+            print_parts(f"model={args.model}, augreg, batch {batch}, seeds={seeds}", parts)
+            report["parts_ms"][f"batch{batch}_seeds{seeds}"] = {k: round(v * 1e3, 3) for k, v in parts.items()}
     if args.seeds:
         rates = measure_ensemble(
             args.seeds, 10, max(args.steps // 4, 5), args.rounds, max(args.warmup // 4, 3), model_cfg

@@ -113,6 +113,20 @@ def test_bench_times_the_gcnn_against_its_own_floor(capsys):
         bench(["--model", "resnet"])
 
 
+def test_bench_parts_say_where_a_step_goes(capsys):
+    """--parts: each part of the step timed alone (every one run: a time above 0), and the whole step."""
+    bench(["--model", "gcnn", "--batch", "4", "--steps", "3", "--rounds", "1", "--warmup", "1", "--seeds", "2",
+           "--no-optimizers", "--parts"])  # fmt: skip
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert set(report["parts_ms"]) == {"batch4_seeds1", "batch10_seeds2"}
+    for parts in report["parts_ms"].values():
+        named = [parts[p] for p in ("convolutions", "activations", "normalization", "head and loss", "projection",
+                                    "optimizer", "step log")]  # fmt: skip
+        assert all(v > 0 for v in named) and parts["step"] > 0 and "other" in parts
+    assert "convolutions" in out and "ms/step; each part timed alone" in out
+
+
 def test_gcnn_trains_in_a_random_basis_of_l(run_train):
     """parametrization=basis (a seeded non-orthogonal basis of L) on a G-CNN with a cross support."""
     run = run_train(*SMALL, "mode=augreg", "model.parametrization=basis", "model.support=cross", "max_steps=3")
