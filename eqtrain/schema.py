@@ -33,6 +33,11 @@ DEFAULT_GAMMA_F = 1.0  # γ_f of the function-penalized modes (augfn, nomfn) whe
 LOGITS = "logits"  # in ``gamma_f_layers``: the network's output (the hidden layers are named conv1, conv2, ...)
 
 
+def penalty_layers(n_convs: int) -> tuple[str, ...]:
+    """The names ``gamma_f_layers`` may list for a network of ``n_convs`` conv blocks."""
+    return (*(f"conv{i}" for i in range(1, n_convs + 1)), LOGITS)
+
+
 @dataclass
 class DatasetConfig:
     name: str = "digits"

@@ -31,11 +31,6 @@ from ..schema import LOGITS
 from .layer_equivariance import channel_perms
 
 
-def layer_choices(n_convs: int) -> tuple[str, ...]:
-    """The names ``gamma_f_layers`` may list for a network of ``n_convs`` conv blocks."""
-    return (*(f"conv{i}" for i in range(1, n_convs + 1)), LOGITS)
-
-
 @dataclass(frozen=True)
 class FunctionPenalty:
     """γ_f·Γ_f on the named layers of one model (its channel permutations ρ_l(g) built once)."""

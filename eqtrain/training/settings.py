@@ -25,6 +25,7 @@ from ..schema import (
     LR_RULE,
     OPTIMIZERS,
     Config,
+    penalty_layers,
     valid_lr,
 )
 from .modes import MODES, Dynamics
@@ -311,7 +312,7 @@ def _check_function_penalty(cfg: Config, need) -> None:
     need(
         cfg.gamma_f is None or cfg.gamma_f <= largest, "gamma_f", f"larger than the largest {cfg.dtype} ({largest:.3g})"
     )
-    valid = (*(f"conv{i}" for i in range(1, len(cfg.model.channels) + 1)), LOGITS)
+    valid = penalty_layers(len(cfg.model.channels))
     layers = list(cfg.gamma_f_layers)
     need(len(layers) > 0, "gamma_f_layers", f"name at least one of {', '.join(valid)}")
     for i, name in enumerate(layers):

@@ -7,8 +7,8 @@ import torch
 
 from eqtrain.geometry.group import Group
 from eqtrain.nets.cnn import build_model
-from eqtrain.schema import ModelConfig
-from eqtrain.training.function_penalty import FunctionPenalty, layer_choices
+from eqtrain.schema import ModelConfig, penalty_layers
+from eqtrain.training.function_penalty import FunctionPenalty
 from eqtrain.training.step import seed_losses, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,7 +115,7 @@ def test_the_step_descends_data_loss_plus_penalty():
 
 def test_layer_choices_name_the_hidden_layers_and_the_logits():
     model = model_of(P4)
-    assert layer_choices(3) == (*model.layer_names[:-1], "logits")
+    assert penalty_layers(3) == (*model.layer_names[:-1], "logits")
     penalty = FunctionPenalty.of(model, C4, 1.0, ["conv3", "logits"])
     assert penalty.blocks == (2,) and penalty.logits
 
