@@ -113,6 +113,7 @@ def test_help_and_cfg_job(tmp_path):
         (["mode=nominal", "gamma=1"], "# the run uses: gamma=0 (mode=nominal has no regularizer)"),
         (["mode=equivariant", "optimizer=adam", "lr_schedule=exp"], "lr_decay=0.9; equivariant coordinates: tied"),
         (["lr=-1"], "# this run would be refused: lr=-1.0 is not valid: use a finite number > 0"),
+        (["mode=augfn"], "gamma=0 (mode=augfn has no regularizer); gamma_f=1 (unset: the default of the function"),
     ],
 )
 def test_cfg_job_says_what_the_run_resolves_from_its_config(tmp_path, monkeypatch, capsys, overrides, note):
