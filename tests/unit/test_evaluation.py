@@ -71,6 +71,37 @@ def test_the_projected_model_is_evaluated_at_its_own_weights():
     assert [row["acc/test_orbit_projected"] for row in got] == expected["acc/test_orbit"].tolist()
 
 
+def projected_orbit(**arch):
+    """evaluate's acc/test_orbit_projected, and the reference figures of a model set to Π_E(A) (full orbits)."""
+    model, data, group = ensemble(2, **arch), tiny_data(), Group.from_name("c4")
+    got = [row["acc/test_orbit_projected"] for row in evaluate(model, data, group)]
+    snapped = ensemble(2, **arch)
+    with torch.no_grad():
+        snapped.flat.copy_(model.flat)  # the biases, the affine ...
+        snapped.norm_stats.copy_(model.norm_stats)
+    snapped.set_weights(model.space.project_e(model.weights()))
+    return got, reference(snapped, data, group), snapped.arch
+
+
+def test_an_exact_projected_model_is_classified_on_its_orbit_as_on_the_images():
+    """Where the architecture is exact, Π_E(A) is invariant and its orbit is not computed again: the orbit's
+    accuracy is still what the full orbit gives (regular fields, running-statistics batch norm, an affine)."""
+    arch = dict(
+        fibers="regular", channels=[2, 2], norm="batchnorm", bn_stats="running", bn_affine=True, layernorm=False
+    )
+    got, expected, model_arch = projected_orbit(**arch)
+    assert model_arch.equivariance_breakers() == [] and model_arch.norm_breakers() == []
+    assert got == expected["acc/test_orbit"].tolist()
+
+
+def test_an_inexact_projected_model_has_its_orbit_computed():
+    """An off-centre grid (stride 2 on 28 + 2 − 3 = 27 pixels): Π_E(A) is not invariant, its orbit is computed."""
+    got, expected, model_arch = projected_orbit(stride=[2, 1])
+    assert model_arch.equivariance_breakers()
+    assert got == expected["acc/test_orbit"].tolist()
+    assert (expected["acc/test_orbit"] != expected["acc/test"]).any()  # the shortcut would have been wrong
+
+
 def test_train_accuracy_on_a_fixed_subset():
     model, data, group = ensemble(2), tiny_data(), Group.from_name("c4")
     got = evaluate(model, data, group, train_images=11)
