@@ -32,6 +32,13 @@ def curves_url(port: int = 6006) -> str:
     return f"http://localhost:{port}/?pinnedCards={urllib.parse.quote(cards)}#timeseries"
 
 
+def strength(hp: dict) -> str:
+    """The run's regularizer and its strength as its summary names them: ``gamma=10``, or ``gamma_f=1`` for a
+    function-penalized run (augfn, nomfn), whose γ is 0."""
+    gamma, gamma_f = float(hp.get("gamma", 0)), float(hp.get("gamma_f") or 0)
+    return f"gamma_f={gamma_f:g}" if gamma_f and not gamma else f"gamma={gamma:g}"
+
+
 def run_summary(result: dict, run_dir: Path) -> str:
     """A few lines: mode, γ, group, status; d(A) and d/‖A‖ from start to end; the accuracies; the files."""
     run_dir = shown(run_dir)
@@ -42,7 +49,7 @@ def run_summary(result: dict, run_dir: Path) -> str:
     m = {key: _median(runs, key) for key in runs[0] if isinstance(runs[0][key], (int, float))}
     return "\n".join(
         [
-            f"eqtrain: {hp['mode']}, gamma={hp['gamma']:g}, group={hp['group']}: {'/'.join(statuses)} "
+            f"eqtrain: {hp['mode']}, {strength(hp)}, group={hp['group']}: {'/'.join(statuses)} "
             f"after {runs[0]['steps']} steps{over}",
             f"  d(A)  {m.get('dist_to_E/start', float('nan')):.4g} -> {m['dist_to_E/total']:.4g}"
             f"    d(A)/|A|  {m.get('dist_to_E_rel/start', float('nan')):.4g} -> {m['dist_to_E_rel/total']:.4g}",
@@ -69,7 +76,7 @@ def sweep_summary(sweep_dir: Path) -> str:
             lines.append(f"  {path.parent.relative_to(sweep_dir)}: {r.get('status')} at step {r.get('steps')}")
             continue
         lines.append(
-            f"  {path.parent.relative_to(sweep_dir)}: {hp.get('mode')} gamma={hp.get('gamma', 0):g} {r['status']}, "
+            f"  {path.parent.relative_to(sweep_dir)}: {hp.get('mode')} {strength(hp)} {r['status']}, "
             f"d(A) {r.get('dist_to_E/start', float('nan')):.3g} -> {r['dist_to_E/total']:.3g}, "
             f"acc/test {r['acc/test']:.3f}, acc/test_orbit {r['acc/test_orbit']:.3f}"
         )

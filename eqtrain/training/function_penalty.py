@@ -6,11 +6,13 @@ with φ_l the output of conv block l (as e_l of SPEC §11 measures it, ``layer_e
 (ρ trivial: ‖f(g·x) − f(x)‖²/classes, the usual invariance or consistency loss as a mean squared error),
 summed over ``gamma_f_layers``. D_l is the number of entries of one image's φ_l: each layer's term is a mean
 over its entries, so γ_f means the same for a 12 544-entry first layer as for 10 logits (summed, the first
-layer's curvature on E⊥ made plain SGD at lr 0.01 and γ_f = 1 unstable on E: d(A) grew 1000× a step). The modes augfn and nomfn add γ_f·Γ_f to the data loss. Unlike γΓ it
-needs no projection, so it is what a user can put on any network; its price is |G| − 1 more forward and
-backward passes per step, one per g ≠ e (the identity's term is 0 and is not computed). Each g turns the
-step's whole batch, so a batch norm that trains on the batch's statistics normalizes g·x with g·x's own:
-per-field statistics are the same numbers for x and g·x (SPEC §11), which keeps Γ_f exactly 0 on E.
+layer's curvature on E⊥ made plain SGD at lr 0.01 and γ_f = 1 unstable on E: d(A) grew 1000× a step).
+
+The modes augfn and nomfn add γ_f·Γ_f to the data loss. Unlike γΓ it needs no projection, so it is what a user
+can put on any network; its price is |G| − 1 more forward and backward passes per step, one per g ≠ e (the
+identity's term is 0 and is not computed). Each g turns the step's whole batch, so a batch norm that trains on
+the batch's statistics normalizes g·x with g·x's own: per-field statistics are the same numbers for x and g·x
+(SPEC §11), which keeps Γ_f exactly 0 on E.
 
 What holds (docs/theory.md, "The function-space penalty"; tests/theory/test_function_penalty.py): on E,
 Γ_f = 0 and ∇Γ_f = 0 (a sum of squares of functions that vanish on E), so orbit-augmented training with

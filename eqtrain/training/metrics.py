@@ -110,9 +110,7 @@ def evaluate(
     # Where the architecture is exact, Π_E(A) is an invariant network: its predictions on g·x are those on x
     # (to round-off, SPEC §2, §11), so its orbit is not computed again, |G| − 1 of its |G| passes saved.
     exact = not (model.arch.equivariance_breakers() or model.arch.norm_breakers())
-    snapped = _orbit_sums(
-        model.arch, model.space.project_e(weights), biases, data, group, chunk, norm, invariant=exact
-    )
+    snapped = _orbit_sums(model.arch, model.space.project_e(weights), biases, data, group, chunk, norm, invariant=exact)
     values = {
         "acc/train": train / n_train,
         "acc/test": own["acc/test"] / n_test,

@@ -67,3 +67,11 @@ def test_an_augfn_run_stopped_and_resumed_is_bitwise_identical(run_train):
 def test_bad_function_penalty_values_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, overrides, message):
     code, err = cli(tmp_path, monkeypatch, capsys, *SMALL, "mode=augfn", *overrides)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_summaries_name_the_strength_of_the_runs_regularizer():
+    from eqtrain.cli.summary import strength
+
+    assert strength({"mode": "augfn", "gamma": 0.0, "gamma_f": 10.0}) == "gamma_f=10"
+    assert strength({"mode": "augreg", "gamma": 0.1, "gamma_f": 0.0}) == "gamma=0.1"
+    assert strength({"mode": "nominal", "gamma": 0.0}) == "gamma=0"  # a run of an older version: no gamma_f
