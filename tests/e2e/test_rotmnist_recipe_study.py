@@ -72,7 +72,7 @@ def test_the_slurm_recipe_composes_with_mnist_rot():
     """README's command for a cluster: the same 9 jobs, each a SLURM job, on MNIST-rot's files."""
     cfg = study(
         "dataset=mnist_rot", "dataset.data_dir=/data/mnist_rot", "seeds=10", "epochs=30", "hydra/launcher=slurm",
-        "hydra.launcher.gpus_per_node=1", "device=cuda", "hydra.sweep.dir=/scratch/rotmnist_recipe_study",
+        "hydra.launcher.gpus_per_node=1", "device=cuda", "hydra.sweep.dir=/scratch/rs",
     )  # fmt: skip
     assert "SlurmLauncher" in cfg.hydra.launcher._target_ and cfg.device == "cuda"
     assert (cfg.dataset.name, cfg.seeds, cfg.epochs, cfg.optimizer.name) == ("mnist_rot", 10, 30, "adam")

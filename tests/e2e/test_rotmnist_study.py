@@ -58,7 +58,7 @@ def test_the_preset_is_p4cnn_against_z2cnn_on_rotated_mnist_in_13_jobs():
 
 
 def test_the_slurm_recipe_composes_with_mnist_rot():
-    """README's command for a cluster: the same 13 jobs, each a SLURM job, on MNIST-rot's files."""
+    """docs/studies.md's command for a cluster: the same 13 jobs, each a SLURM job, on MNIST-rot's files."""
     cfg = study(
         "dataset=mnist_rot", "dataset.data_dir=/data/mnist_rot", "seeds=10", "epochs=12", "hydra/launcher=slurm",
         "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1", "device=cuda",
