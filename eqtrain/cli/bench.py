@@ -176,6 +176,16 @@ def forward_flops(model: EqCNN, executed: bool = False) -> int:
     return flops + 2 * out * inputs * model.maps[-1].size
 
 
+def executed_flops(model_cfg: ModelConfig, batch: int, dyn: Dynamics, augment: str | None) -> int:
+    """FLOPs a training step of one seed executes in its convolutions and head (``forward_flops(executed=True)``):
+    forward and backward ≈ 3 forwards, per image of the batch, |G| images each under orbit augmentation and
+    |G| passes with the function-space penalty."""
+    group = Group.from_name("c4")
+    model = build_model(model_cfg, group, SHAPE, CLASSES, dyn.constrain)
+    views = (group.order if augment == "orbit" else 1) * (group.order if dyn.penalize_function else 1)
+    return 3 * forward_flops(model, executed=True) * batch * views
+
+
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large float32 matmul in this process: the machine's practical peak (the best of
     ``repeats``, after one to warm up)."""
@@ -359,15 +369,20 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.batch:
         med, ratio = measure(batch, args.steps, args.rounds, args.warmup, model_cfg)
         floor = med.pop("floor")
+        peak = matmul_peak()
+        executed = {name: executed_flops(model_cfg, batch, dyn, augment) for name, augment, dyn in variants()}
         print(
-            f"\nmodel={args.model}, batch {batch}: floor {floor * 1e3:.3f} ms/step (plain torch.nn CNN, SGD, no logging)"
+            f"\nmodel={args.model}, batch {batch}: floor {floor * 1e3:.3f} ms/step (plain torch.nn CNN, SGD, no logging); "
+            f"% peak: FLOPs executed per second over a 2048^3 float32 matmul's ({peak / 1e9:.0f} GFLOP/s)"
         )
-        print(f"{'mode':<20}{'ms/step':>10}{'x floor':>10}")
+        print(f"{'mode':<20}{'ms/step':>10}{'x floor':>10}{'% peak':>10}")
         for name, t in med.items():
-            print(f"{name:<20}{t * 1e3:>10.3f}{ratio[name]:>10.2f}")
+            print(f"{name:<20}{t * 1e3:>10.3f}{ratio[name]:>10.2f}{executed[name] / t / peak:>10.1%}")
         report["results"][str(batch)] = {
             "floor_ms": round(floor * 1e3, 4),
             "ratio_to_floor": {name: round(r, 3) for name, r in ratio.items()},
+            "fraction_of_peak": {name: round(executed[name] / t / peak, 4) for name, t in med.items()},
+            "matmul_gflops": round(peak / 1e9, 1),
         }
         if not args.no_optimizers:
             by_optimizer = measure_optimizers(batch, args.steps, args.rounds, args.warmup, model_cfg)

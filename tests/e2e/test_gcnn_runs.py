@@ -109,6 +109,8 @@ def test_bench_times_the_gcnn_against_its_own_floor(capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["model"] == "gcnn"
     assert set(report["results"]["10"]["ratio_to_floor"]) >= {"nominal", "augmented", "equivariant", "augreg"}
+    fractions = report["results"]["10"]["fraction_of_peak"]
+    assert set(fractions) == set(report["results"]["10"]["ratio_to_floor"]) and all(f > 0 for f in fractions.values())
     with pytest.raises(SystemExit, match="--model resnet is not a model preset; valid: .*gcnn"):
         bench(["--model", "resnet"])
 
