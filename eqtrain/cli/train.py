@@ -27,7 +27,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf, open_dict
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
 from ..run.files import output_dir_problem
@@ -327,7 +327,13 @@ def _plain_values(override) -> list | None:
 
 
 def _type_problem(key: str, node: object, override) -> str | None:
-    """One line if a plain value (or one of a sweep's) does not fit the key's type (int, number, bool)."""
+    """One line if a plain value (or one of a sweep's) does not fit the key's type (int, number, bool, or a
+    list: ``model.channels=8`` was Hydra's five lines and exit 1)."""
+    if isinstance(node, ListConfig):
+        for value in _plain_values(override) or ():
+            if value is not None and not isinstance(value, list) and not (isinstance(value, str) and "${" in value):
+                return f"{key}={value} is not valid: use a list, e.g. {key}=[{value}]"
+        return None
     values = _plain_values(override) if type(node) in KINDS else None
     for value in values or ():
         if isinstance(value, str) and "${" in value:
