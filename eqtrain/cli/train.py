@@ -27,7 +27,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfig, OmegaConf, open_dict
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfig, OmegaConf, StringNode, open_dict
 from omegaconf.errors import ValidationError
 
 from ..run.files import output_dir_problem
@@ -333,6 +333,11 @@ def _type_problem(key: str, node: object, override) -> str | None:
         for value in _plain_values(override) or ():
             if value is not None and not isinstance(value, list) and not (isinstance(value, str) and "${" in value):
                 return f"{key}={value} is not valid: use a list, e.g. {key}=[{value}]"
+        return None
+    if isinstance(node, StringNode):  # ``mode.name=[augreg]``: a list or a mapping is no string
+        for value in _plain_values(override) or ():
+            if isinstance(value, (list, dict)):
+                return f"{key}={override.get_value_element_as_str()} is not valid: use one value, not a list"
         return None
     values = _plain_values(override) if type(node) in KINDS else None
     for value in values or ():

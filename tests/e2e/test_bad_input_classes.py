@@ -64,17 +64,18 @@ OVERFLOWS = [
 ]  # fmt: skip
 
 
-# -- a single value where the key holds a list ---------------------------------------------------------------
+# -- a single value where the key holds a list, a list where it holds one ----------------------------------
 SCALARS = [
     ("model.channels=8", "model.channels=8 is not valid: use a list, e.g. model.channels=[8]"),
     ("gamma_f_layers=logits", "gamma_f_layers=logits is not valid: use a list, e.g. gamma_f_layers=[logits]"),
     ("optimizer.betas=0.9", "optimizer.betas=0.9 is not valid: use a list, e.g. optimizer.betas=[0.9]"),
     ("model.channels=[8],16", "model.channels=16 is not valid: use a list"),  # one job of a sweep
+    ("mode.name=[augreg]", "mode.name=[augreg] is not valid: use one value, not a list"),  # and the other way
 ]
 
 
 @pytest.mark.parametrize("override,message", fast_first(SCALARS, fast=2, ids=[o for o, _ in SCALARS]))
-def test_a_single_value_where_a_list_is_held_is_one_line(tmp_path, monkeypatch, capsys, override, message):
+def test_a_value_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch, capsys, override, message):
     """Before: Hydra's "Error merging override" in five lines, exit 1."""
     assert one_line(tmp_path, monkeypatch, capsys, override).startswith(message)
 
