@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry.group import Group
-from ..nets.cnn import ACTIVATIONS, EqCNN, block_outputs, build_model, head_at
+from ..nets.cnn import ACTIVATIONS, EqCNN, block_outputs, build_model, head_at, seed_stacked
 from ..nets.conv import conv_pool
 from ..nets.init import initial_weights_of_seeds
 from ..nets.layers import normalize
@@ -110,10 +110,9 @@ def _layer_parts(model: EqCNN, x: torch.Tensor, y: torch.Tensor, steps: int, rou
     n, k, pad = weights[0].shape[0], arch.kernel_size, arch.padding_size
     act = ACTIVATIONS[arch.activation]
     norm = model.norm_state(train=True, update=False)
-    h = x.transpose(0, 1).reshape(x.shape[1], n * x.shape[2], *x.shape[3:])
     with torch.no_grad():
         outputs = list(block_outputs(arch, weights, x, None, norm))
-    inputs = [h, *outputs[:-1]]
+    inputs = [seed_stacked(x), *outputs[:-1]]
     parts = dict.fromkeys(("convolutions", "activations", "normalization"), 0.0)
     for i, (a, h_in) in enumerate(zip(weights[:-1], inputs)):
         filters = a.reshape(n * a.shape[1], a.shape[2], k, k)

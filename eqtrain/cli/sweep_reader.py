@@ -71,7 +71,12 @@ class Run:
     @property
     def gamma(self) -> float:
         """The strength of the run's regularizer: γ, or γ_f in a function-penalized run (augfn, nomfn)."""
-        return float(self.hparams["gamma"]) or self.gamma_f
+        return self.weight_gamma or self.gamma_f
+
+    @property
+    def weight_gamma(self) -> float:
+        """γ of γΓ (0 in a run without it)."""
+        return float(self.hparams["gamma"])
 
     @property
     def gamma_f(self) -> float:
@@ -81,7 +86,7 @@ class Run:
     def schedule(self) -> str:
         """``constant``, or the ramp, e.g. ``exp ramp from 0.01 over 5 epochs``; a run without γ has none. A
         function-penalized run's: ``constant`` on the logits, else its layers (``on conv6,logits``)."""
-        if self.gamma_f and not float(self.hparams["gamma"]):
+        if self.gamma_f and not self.weight_gamma:
             layers = str(self.hparams.get("gamma_f_layers", "logits"))
             return CONSTANT if layers == "logits" else f"on {layers}"
         kind = str(self.hparams.get("gamma_schedule", CONSTANT))
@@ -116,7 +121,7 @@ class Run:
     def identity(self) -> str:
         """The hparams that make two runs the same run (a run without γ has no schedule)."""
         hp = dict(self.hparams)
-        if float(self.hparams["gamma"]) == 0:
+        if self.weight_gamma == 0:
             for k in SCHEDULE_KEYS:
                 hp.pop(k, None)
         return json.dumps(hp, sort_keys=True, default=str)

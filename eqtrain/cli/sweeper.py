@@ -61,9 +61,9 @@ def named_by_what_differs(jobs: list[list[str]], excluded: Sequence[str]) -> lis
     compared hparams leave out what every job shares, so ``0_gamma=0.1,mode=augreg`` tells jobs apart where
     ``0_dataset.test_limit=100,dataset.train_l…`` did not. A key the config leaves out of every run's name (a
     preset: ``recipe``, ``experiment``) names the jobs where it is what differs (``recipe=adam_b32,...``)."""
-    keys = {key for job in jobs for key in _values(job)}
-    varying = keys - set(constant_keys(jobs)) if len(jobs) > 1 else set()
-    leave_out = sorted({*(k for k in excluded if k not in varying), *constant_keys(jobs)})
+    constant = constant_keys(jobs)
+    varying = {key for job in jobs for key in _values(job)} - set(constant) if len(jobs) > 1 else set()
+    leave_out = sorted({*(k for k in excluded if k not in varying), *constant})
     setting = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(leave_out)}]"
     return [[*job, setting] for job in jobs]
 

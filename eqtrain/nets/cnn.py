@@ -571,7 +571,7 @@ def block_outputs(
     """
     n = weights[0].shape[0]
     if x.dim() == 5:
-        h, shared = x.transpose(0, 1).reshape(x.shape[1], n * x.shape[2], *x.shape[3:]), False
+        h, shared = seed_stacked(x), False
     else:  # one input for all seeds: the first convolution reads it once, with every seed's filters
         h, shared = x, True
     k, act, pad = arch.kernel_size, ACTIVATIONS[arch.activation], arch.padding_size
@@ -591,6 +591,11 @@ def block_outputs(
             else:
                 h = normalize(h, arch.norm, size, norm.blocks[i], norm.train, norm.momentum)
         yield h
+
+
+def seed_stacked(x: torch.Tensor) -> torch.Tensor:
+    """Per-seed batches (N, B, C, H, W) as one map (B, N·C, H, W), the seeds' channels stacked seed-major."""
+    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
 
 
 def build_model(

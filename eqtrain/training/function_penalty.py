@@ -30,7 +30,7 @@ import torch
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN
 from ..schema import LOGITS
-from .layer_equivariance import channel_perms
+from .layer_equivariance import act_on_maps, channel_perms
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,7 @@ class FunctionPenalty:
             moved_logits, moved = model.logits_and_maps(group.act(x, g), self.blocks, weights, True, False)
             for i in self.blocks:
                 f, fg = maps[i].unflatten(1, (n, -1)), moved[i].unflatten(1, (n, -1))  # (B, N, C, H, W)
-                expected = group.act(f, g)
-                if self.perms[i] is not None:
-                    expected = expected[:, :, self.perms[i][g]]
+                expected = act_on_maps(group, f, g, self.perms[i])  # ρ_l(g)·φ_l(x)
                 total = total + (fg - expected).square().flatten(2).mean(-1).mean(0)
             if self.logits:
                 total = total + (moved_logits - logits).square().mean(-1).mean(1)  # (N, B, classes) -> (N,)

@@ -96,18 +96,22 @@ def error_sums(
     return torch.stack(rows)
 
 
+def act_on_maps(group: Group, t: torch.Tensor, g: int, perms: torch.Tensor | None = None) -> torch.Tensor:
+    """ρ_l(g) on maps t (..., C, H, W): their pixels moved and, with ``perms`` (|G|, C) (``channel_perms``), their
+    channels permuted."""
+    moved = group.act(t, g)
+    return moved if perms is None else moved[..., perms[g], :, :]
+
+
 def _act_each(group: Group, t: torch.Tensor, elements: torch.Tensor, perms: torch.Tensor | None = None) -> torch.Tensor:
-    """Image j of t (B, ..., C, H, W) acted on by the group element ``elements[j]``: its pixels moved and,
-    with ``perms`` (|G|, C), its channels permuted."""
+    """Image j of t (B, ..., C, H, W) acted on by the group element ``elements[j]`` (``act_on_maps``)."""
     values = elements.unique().tolist()
     if len(values) == 1:  # one g for all: no gather
-        moved = group.act(t, values[0])
-        return moved if perms is None else moved[..., perms[values[0]], :, :]
+        return act_on_maps(group, t, values[0], perms)
     out = torch.empty_like(t)
     for g in values:
         index = (elements == g).nonzero().squeeze(1).to(t.device)
-        moved = group.act(t[index], g)
-        out[index] = moved if perms is None else moved[..., perms[g], :, :]
+        out[index] = act_on_maps(group, t[index], g, perms)
     return out
 
 
