@@ -7,13 +7,18 @@ keeps one job per distinct command line: 9 jobs there, not 12. Everything else i
 BasicSweeper. ``hydra/sweeper=grid`` selects it (configs/hydra/sweeper/grid.yaml); the named
 sweeps and the accuracy studies do. ``exclude`` (a list of ``{key: value or [values]}``) drops the jobs
 that match every key of one entry: the rotated-MNIST study sweeps ``model=p4cnn,z2cnn`` but trains
-the plain Z2CNN only as the nominal and augmented baselines. Hydra loads sweepers only from its ``hydra_plugins`` namespace, so the
-class itself lives in hydra_plugins/eqtrain_sweeper/ and calls ``without_repeats`` from here.
+the plain Z2CNN only as the nominal and augmented baselines. Before the first job of a sweep on this machine
+(Hydra's basic launcher) starts, every job is checked against the memory model (``memory_problem``): a study
+whose ninth job cannot fit is refused in one line, not stopped after eight. Hydra loads sweepers only from its
+``hydra_plugins`` namespace, so the class itself lives in hydra_plugins/eqtrain_sweeper/ and calls the
+functions here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
+from omegaconf import DictConfig, open_dict
 
 from ..training.modes import MODES
 
@@ -102,3 +107,31 @@ def without_repeats(
             seen.add(tuple(job))
             kept.append(job)
     return kept
+
+
+def memory_problem(cfg: DictConfig) -> str | None:
+    """Why the job of ``cfg`` (a sweep's composed config) cannot fit in the memory left on this machine: the run's
+    own one line (``footprint.check_run_fits``), or None. A config the run itself would refuse is left to the
+    job, which reports it as it always does; so is a run on a GPU, which the memory model does not cover."""
+    from ..data.datasets import N_CLASSES, image_shape_of
+    from ..geometry.group import Group
+    from ..training.footprint import check_run_fits
+    from ..training.settings import ConfigError
+    from .train import USER_ERRORS, settings_of
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)  # as the launcher hands it to the job
+    try:
+        settings = settings_of(cfg)
+        shape = image_shape_of(settings.config.dataset)
+        group = Group.from_name(settings.config.group.name)
+    except USER_ERRORS:
+        return None
+    if settings.device.type != "cpu":
+        return None
+    try:
+        check_run_fits(settings, group, shape, N_CLASSES)
+    except ConfigError as err:
+        return str(err)
+    return None

@@ -106,6 +106,19 @@ def load_dataset(cfg: DatasetConfig) -> Data:
     return data
 
 
+# (channels, native height and width) of each data set's images; every one has 10 classes.
+NATIVE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+N_CLASSES = 10
+
+
+def image_shape_of(cfg: DatasetConfig) -> tuple[int, int, int]:
+    """The shape of one image of ``cfg`` as ``load_dataset`` gives it (``Data.image_shape``), without loading:
+    what the memory model needs to check a sweep's jobs before the first starts."""
+    _validate(cfg)
+    channels, *native = NATIVE_SHAPES.get(cfg.name, (1, 28, 28))
+    return (channels, *(image_size_of(cfg.image_size) or native))
+
+
 def _validate(cfg: DatasetConfig) -> None:
     if cfg.name not in DATASET_NAMES:
         raise ValueError(f"dataset.name={cfg.name!r} is not valid; use one of {', '.join(DATASET_NAMES)}")

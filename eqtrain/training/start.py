@@ -11,7 +11,7 @@ from ..data.datasets import Data
 from ..geometry.group import Group
 from ..nets.cnn import EqCNN, build_model
 from ..nets.init import initial_weights_of_seeds
-from .footprint import check_fits
+from .footprint import check_run_fits
 from .settings import ConfigError, Phase, Settings
 from .state import RunState
 
@@ -140,13 +140,6 @@ def check_models(settings: Settings, group: Group, data: Data) -> None:
             raise ConfigError(f"{reason}: {err}" if i else str(err)) from err
 
 
-def step_views(phase: Phase, order: int) -> int:
-    """Forward passes' worth of images per sample a training step keeps for its backward pass: |G| under orbit
-    augmentation, times |G| with the function-space penalty (the batch and its |G| − 1 turns), else 1."""
-    views = order if phase.dyn.augment and phase.augment == "orbit" else 1
-    return views * order if phase.dyn.penalize_function else views
-
-
 def starting_point(
     settings: Settings, group: Group, data: Data, ckpt: dict | None, run_dir: Path | None = None
 ) -> RunState:
@@ -155,8 +148,7 @@ def starting_point(
     check_models(settings, group, data)
     cfg = settings.config
     if settings.device.type == "cpu":  # before the seeds' weights are made: a run that cannot fit never starts
-        largest = build_model(cfg.model, group, data.image_shape, data.n_classes, False, settings.dtype)
-        check_fits(settings, largest, max(step_views(p, group.order) for p in settings.phases))
+        check_run_fits(settings, group, data.image_shape, data.n_classes)
     phase = settings.phases[ckpt["phase"] if ckpt is not None else 0]
     model = new_model(settings, phase.dyn.constrain, group, data)
     a0 = initial_weights_of_seeds(model, cfg.init.scheme, cfg.init.sigma, list(settings.seed_ids))

@@ -10,9 +10,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 
 from eqtrain.cli.errors import fail
-from eqtrain.cli.sweeper import named_by_what_differs, unknown_exclude_keys, without_repeats
+from eqtrain.cli.sweeper import memory_problem, named_by_what_differs, unknown_exclude_keys, without_repeats
 
 log = logging.getLogger(__name__)
+LOCAL_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def _entry(entry: Any) -> dict:
@@ -50,5 +51,18 @@ class GridSweeper(BasicSweeper):
                 len(kept),
                 len(jobs) - len(kept),
             )
+        self.check_memory(kept)
         kept = named_by_what_differs(kept, getattr(self, "dirname_excluded", ()))
         return list(BasicSweeper.split_overrides_to_chunks(kept, max_batch_size))
+
+    def check_memory(self, jobs: list[list[str]]) -> None:
+        """Where the jobs run here one after another (Hydra's basic launcher), each must fit in the memory left:
+        one that cannot is refused in one line before any job starts or the sweep directory is made. Under
+        another launcher (SLURM) each job checks its own machine's memory at its start."""
+        context = getattr(self, "hydra_context", None)
+        if context is None or self.config.hydra.launcher.get("_target_") != LOCAL_LAUNCHER:
+            return
+        for job in jobs:
+            problem = memory_problem(context.config_loader.load_sweep_config(self.config, list(job)))
+            if problem:
+                fail(f"the sweep's job {','.join(job)}: {problem}; no job was started")

@@ -353,3 +353,21 @@ def test_a_bad_rotate_value_names_the_key_and_the_valid_ones(override, words):
     with pytest.raises(ValueError) as err:
         load_dataset(make_config(override).dataset)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+# --- the image shape without loading (the sweep's memory check) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, image_size",
+    [("digits", 28), ("digits", None), ("digits", [12, 16]), ("mnist", None), ("mnist", 20), ("mnist_rot", None),
+     ("cifar10", None), ("cifar10", 16)],
+)  # fmt: skip
+def test_the_image_shape_is_known_before_loading(tmp_path, name, image_size):
+    """``image_shape_of`` (which sizes a sweep's jobs before any starts) is the shape ``load_dataset`` gives."""
+    from eqtrain.data.datasets import N_CLASSES, image_shape_of
+
+    {"mnist": make_mnist, "mnist_rot": make_mnist_rot, "cifar10": make_cifar10}.get(name, lambda root: None)(tmp_path)
+    cfg = config(name, tmp_path, image_size=image_size)
+    data = load_dataset(cfg)
+    assert image_shape_of(cfg) == data.image_shape and data.n_classes == N_CLASSES, (image_shape_of(cfg), data)

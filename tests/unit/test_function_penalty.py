@@ -121,10 +121,11 @@ def test_layer_choices_name_the_hidden_layers_and_the_logits():
 
 
 def test_the_memory_model_counts_the_penalty_passes():
-    """The step keeps the batch's and its |G| − 1 turns' activations for the backward pass (training.footprint)."""
+    """The step keeps the batch's and its |G| − 1 turns' activations for the backward pass (training.footprint):
+    (images per sample in a pass, passes)."""
     from eqtrain.training.modes import MODES
     from eqtrain.training.settings import Phase
-    from eqtrain.training.start import step_views
+    from eqtrain.training.footprint import step_views
 
     views = {
         (m, a): step_views(Phase(m, MODES[m], 1, a), 4)
@@ -132,6 +133,6 @@ def test_the_memory_model_counts_the_penalty_passes():
         for a in ("random", "orbit")
     }
     assert views == {
-        ("augfn", "random"): 4, ("augfn", "orbit"): 16, ("augmented", "random"): 1, ("augmented", "orbit"): 4,
-        ("nomfn", "random"): 4, ("nomfn", "orbit"): 4,
+        ("augfn", "random"): (1, 4), ("augfn", "orbit"): (4, 4), ("augmented", "random"): (1, 1),
+        ("augmented", "orbit"): (4, 1), ("nomfn", "random"): (1, 4), ("nomfn", "orbit"): (1, 4),
     }  # fmt: skip
