@@ -123,9 +123,9 @@ def test_layer_choices_name_the_hidden_layers_and_the_logits():
 def test_the_memory_model_counts_the_penalty_passes():
     """The step keeps the batch's and its |G| − 1 turns' activations for the backward pass (training.footprint):
     (images per sample in a pass, passes)."""
+    from eqtrain.training.footprint import step_views
     from eqtrain.training.modes import MODES
     from eqtrain.training.settings import Phase
-    from eqtrain.training.footprint import step_views
 
     views = {
         (m, a): step_views(Phase(m, MODES[m], 1, a), 4)
