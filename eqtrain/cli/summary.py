@@ -64,7 +64,7 @@ def run_summary(result: dict, run_dir: Path) -> str:
 
 def sweep_summary(sweep_dir: Path) -> str:
     """One line per run of the sweep (a job, or each seed of a job), then the commands for the figure and curves."""
-    lines, sweep_dir = [f"eqtrain: sweep in {shown(sweep_dir)}"], Path(sweep_dir)
+    lines, sweep_dir, hparams = [f"eqtrain: sweep in {shown(sweep_dir)}"], Path(sweep_dir), []
     for path in sorted(sweep_dir.rglob(METRICS_FILE)):
         try:
             r = json.loads(path.read_text())
@@ -72,6 +72,7 @@ def sweep_summary(sweep_dir: Path) -> str:
             lines.append(f"  {path.parent.relative_to(sweep_dir)}: unreadable {METRICS_FILE}")
             continue
         hp = r.get("hparams", {})
+        hparams.append((path.parent, hp))
         if r.get("status") not in ("completed", "diverged"):
             lines.append(f"  {path.parent.relative_to(sweep_dir)}: {r.get('status')} at step {r.get('steps')}")
             continue
@@ -80,7 +81,22 @@ def sweep_summary(sweep_dir: Path) -> str:
             f"d(A) {r.get('dist_to_E/start', float('nan')):.3g} -> {r['dist_to_E/total']:.3g}, "
             f"acc/test {r['acc/test']:.3f}, acc/test_orbit {r['acc/test_orbit']:.3f}"
         )
-    lines.append(f"  figure and table: eqtrain-plot {shown(sweep_dir)}")
+    lines.append(figure_command(sweep_dir, hparams))
     lines.append(f"  curves: tensorboard --logdir {shown(sweep_dir)}")
     lines.append(f"  then open {curves_url()}")
     return "\n".join(lines)
+
+
+def figure_command(sweep_dir: Path, hparams: list[tuple[Path, dict]]) -> str:
+    """The eqtrain-plot command for the sweep's figure: for the whole sweep, or, where its jobs differ in more than
+    eqtrain-plot compares (mode, γ, seed, model: a recipe search), one per job, naming what differs."""
+    from .sweep_reader import Run, settings_that_differ
+
+    runs = [Run(path, hp, "completed", {}, {}) for path, hp in hparams if isinstance(hp, dict)]
+    differing = [d.split(" = ")[0] for d in settings_that_differ(runs)] if runs else []
+    if not differing:
+        return f"  figure and table: eqtrain-plot {shown(sweep_dir)}"
+    return (
+        f"  figure and table, one per job (its jobs differ in {', '.join(differing)}): "
+        f"eqtrain-plot {shown(sweep_dir)}/<job>"
+    )

@@ -213,6 +213,18 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
     A sweep over models (``model=p4cnn,z2cnn``) may differ in the model's own keys too (its channels,
     fibers, ...), as long as the runs of one model agree on them: its groups are named after the model.
     """
+    differing = settings_that_differ(runs)
+    if differing:
+        raise PlotError(
+            f"{root} mixes runs that differ in more than mode, gamma (and its schedule) and seed: "
+            + "; ".join(differing)
+            + " (plot each setting from its own directory)"
+        )
+
+
+def settings_that_differ(runs: list[Run]) -> list[str]:
+    """``key = value (n runs), ...`` for every hparam beyond mode, γ (and its schedule), seed and a model's own
+    keys in which the runs differ: what ``check_one_setting`` refuses."""
     ignored = set(GROUP_KEYS) | set(SCHEDULE_KEYS) | set(REPEAT_KEYS) | set(FUNCTION_KEYS)
     keys = sorted(set().union(*(r.hparams for r in runs)) - ignored)
     by_model = compares_models(runs)
@@ -224,12 +236,7 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
         if len(counts) > 1:
             found = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))
             differing.append(f"{key} = {found}")
-    if differing:
-        raise PlotError(
-            f"{root} mixes runs that differ in more than mode, gamma (and its schedule) and seed: "
-            + "; ".join(differing)
-            + " (plot each setting from its own directory)"
-        )
+    return differing
 
 
 def compares_models(runs: list[Run]) -> bool:

@@ -165,3 +165,19 @@ def test_unknown_tag_names_the_tags_found(sweep, tmp_path, capsys):
     assert main([str(sweep), "--out", str(tmp_path), "--tag", "dist_to_E/totl"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("eqtrain-plot: error: --tag dist_to_E/totl") and "dist_to_E/total" in err
+
+
+def test_the_sweep_summary_names_a_plot_command_that_works(sweep, tmp_path, capsys):
+    """The end of a sweep suggests eqtrain-plot on the sweep where eqtrain-plot accepts it, and one job at a time
+    (naming what differs) where its jobs differ in more than mode and γ, as a recipe search's do."""
+    from eqtrain.cli.summary import sweep_summary
+
+    (whole,) = [line for line in sweep_summary(sweep).splitlines() if "eqtrain-plot" in line]
+    assert whole.strip() == f"figure and table: eqtrain-plot {sweep}"
+    assert main([whole.split("eqtrain-plot ")[1], "--out", str(tmp_path / "whole")]) == 0
+    mixed = copy_of(sweep, tmp_path)
+    eqtrain(tmp_path, *SMOKE, "mode=nomreg", "gamma=0.1", "lr=0.01", f"hydra.run.dir={mixed / 'extra'}")
+    (per_job,) = [line for line in sweep_summary(mixed).splitlines() if "eqtrain-plot" in line]
+    assert "one per job (its jobs differ in lr)" in per_job and per_job.endswith(f"eqtrain-plot {mixed}/<job>")
+    job = next(p for p in mixed.iterdir() if p.is_dir() and p.name != "extra")
+    assert main([str(job), "--out", str(tmp_path / "job")]) == 0
