@@ -92,6 +92,17 @@ def test_the_second_recipes_contrasts_are_one_command():
     )
 
 
+def test_the_whole_grid_under_the_searchs_recipe_is_one_command():
+    """README's command for the search's choice: the same 9 jobs, every one with momentum_cosine's keys (the
+    preset's Adam values replaced, its x0.95 decay unread by the cosine)."""
+    cfg = study("recipe=momentum_cosine", "seeds=5", "epochs=8")
+    assert len(jobs_of(cfg)) == 9 and (cfg.seeds, cfg.epochs) == (5, 8)
+    assert (cfg.optimizer.name, cfg.optimizer.momentum, cfg.lr, cfg.lr_schedule, cfg.lr_warmup_epochs) == (
+        "sgd", 0.9, 0.02, "cosine", 1.0,
+    )  # fmt: skip
+    assert (cfg.weight_decay, cfg.batch_size, cfg.model.bn_stats, cfg.model.bn_affine) == (5e-4, 32, "running", True)
+
+
 @pytest.mark.slow
 def test_the_study_runs_end_to_end(tmp_path):
     """The preset's sweep, cut to three of its jobs (the equivariant P4CNN and augfn at both γ_f), and its figure."""
