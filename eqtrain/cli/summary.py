@@ -93,7 +93,7 @@ def figure_command(sweep_dir: Path, hparams: list[tuple[Path, dict]]) -> str:
     from .sweep_reader import Run, settings_that_differ
 
     runs = [Run(path, hp, "completed", {}, {}) for path, hp in hparams if isinstance(hp, dict)]
-    differing = [d.split(" = ")[0] for d in settings_that_differ(runs)] if runs else []
+    differing = list(settings_that_differ(runs)) if runs else []
     if not differing:
         return f"  figure and table: eqtrain-plot {shown(sweep_dir)}"
     return (

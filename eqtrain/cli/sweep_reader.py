@@ -217,25 +217,24 @@ def check_one_setting(runs: list[Run], root: Path) -> None:
     if differing:
         raise PlotError(
             f"{root} mixes runs that differ in more than mode, gamma (and its schedule) and seed: "
-            + "; ".join(differing)
+            + "; ".join(f"{key} = {found}" for key, found in differing.items())
             + " (plot each setting from its own directory)"
         )
 
 
-def settings_that_differ(runs: list[Run]) -> list[str]:
-    """``key = value (n runs), ...`` for every hparam beyond mode, γ (and its schedule), seed and a model's own
-    keys in which the runs differ: what ``check_one_setting`` refuses."""
+def settings_that_differ(runs: list[Run]) -> dict[str, str]:
+    """Every hparam beyond mode, γ (and its schedule), seed and a model's own keys in which the runs differ, with
+    its values (``value (n runs), ...``): what ``check_one_setting`` refuses."""
     ignored = set(GROUP_KEYS) | set(SCHEDULE_KEYS) | set(REPEAT_KEYS) | set(FUNCTION_KEYS)
     keys = sorted(set().union(*(r.hparams for r in runs)) - ignored)
     by_model = compares_models(runs)
-    differing = []
+    differing = {}
     for key in keys:
         if by_model and key in (MODEL_KEY, *MODEL_HPARAMS) and _follows_model(runs, key):
             continue
         counts = Counter(_show(r.hparams.get(key, "<missing>")) for r in runs)
         if len(counts) > 1:
-            found = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))
-            differing.append(f"{key} = {found}")
+            differing[key] = ", ".join(f"{v} ({n} run{'s' * (n > 1)})" for v, n in sorted(counts.items()))
     return differing
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from ..training.modes import MODES
 
@@ -116,16 +116,17 @@ def memory_problem(cfg: DictConfig) -> str | None:
     from ..data.datasets import N_CLASSES, image_shape_of
     from ..geometry.group import Group
     from ..training.footprint import check_run_fits
-    from ..training.settings import ConfigError, validate
+    from ..training.settings import ConfigError
+    from .errors import USER_ERRORS, settings_of
 
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.pop("hydra", None)  # as the launcher hands it to the job
     try:
-        settings = validate(OmegaConf.to_object(cfg))  # as the job validates it (cli.train.settings_of)
+        settings = settings_of(cfg)  # as the job validates it
         shape = image_shape_of(settings.config.dataset)
         group = Group.from_name(settings.config.group.name)
-    except (ValueError, OSError):  # what the job reports itself (cli.train.USER_ERRORS)
+    except USER_ERRORS:  # what the job reports itself
         return None
     if settings.device.type != "cpu":
         return None

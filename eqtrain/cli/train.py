@@ -33,7 +33,7 @@ from omegaconf.errors import ValidationError
 from ..run.files import output_dir_problem
 from ..run.machine import cpus_allowed
 from ..schema import Config
-from .errors import fail
+from .errors import USER_ERRORS, fail, settings_of
 from .summary import run_summary
 
 log = logging.getLogger("eqtrain")
@@ -58,11 +58,6 @@ def register_sweeper() -> None:
 
 
 register_configs()
-
-
-# What a user can fix: a bad value (ConfigError, DataUnavailable and CheckpointError are ValueErrors),
-# a missing file, a full disk or an unwritable directory (OSError).
-USER_ERRORS = (ValueError, OSError)
 
 
 class JobFailed(CompactHydraException):
@@ -91,13 +86,6 @@ def message_of(err: Exception) -> str:
     if isinstance(err, OSError) and err.strerror and not isinstance(err, FileNotFoundError):
         return f"cannot write {err.filename or 'a file'}: {err.strerror}" if err.filename else f"{err.strerror}"
     return " ".join(str(err).split())
-
-
-def settings_of(cfg: DictConfig):
-    """The edge: Hydra's config as the typed schema, validated once (``training.settings.Settings``)."""
-    from ..training.settings import validate
-
-    return validate(OmegaConf.to_object(cfg))
 
 
 class SweepSummary(Callback):
